@@ -1,0 +1,50 @@
+"""Command-line entry point: ``node-ping-exporter [flags]``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from . import __version__
+from .config import ConfigError, load_settings
+from .icmp import IcmpUnavailable
+from .logs import setup_logging
+
+PROG = "node-ping-exporter"
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--version" in args:
+        print(f"{PROG} {__version__}")
+        return 0
+    try:
+        settings = load_settings(args, dict(os.environ))
+        setup_logging(settings.log_format.value, settings.log_level)
+        from .app import Agent  # heavy imports only once the settings are good
+
+        async def run() -> None:
+            await Agent(settings).run()
+
+        _run(run())
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except IcmpUnavailable as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

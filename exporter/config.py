@@ -1,0 +1,422 @@
+"""Settings: command-line flags > environment > YAML config file > defaults.
+
+One pydantic-settings model holds every setting; the command-line parser is
+generated from it, so a setting has one name everywhere: field ``max_peers`` is
+flag ``--max-peers``, variable ``NODE_PING_MAX_PEERS`` and key ``max_peers`` in
+the config file. Any invalid value becomes a :class:`ConfigError` whose message
+is one line naming the setting and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import socket
+from contextvars import ContextVar
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import yaml
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .icmp import MIN_PAYLOAD_SIZE, IcmpMode
+
+ENV_PREFIX = "NODE_PING_"
+DEFAULT_PORT = 9798
+
+
+class ConfigError(Exception):
+    """Bad input; the message is the single line printed before exit code 2."""
+
+
+class DiscoveryMode(str, Enum):
+    AUTO = "auto"
+    KUBERNETES = "kubernetes"
+    FILE = "file"
+    STATIC = "static"
+
+
+class Output(str, Enum):
+    HTTP = "http"
+    TEXTFILE = "textfile"
+    BOTH = "both"
+
+
+class LogFormat(str, Enum):
+    PLAIN = "plain"
+    JSON = "json"
+
+
+class StaticPeer(BaseModel):
+    name: str = Field(min_length=1)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return normalise_ip(value)
+
+
+class ExternalTarget(BaseModel):
+    host: str = Field(min_length=1, description="IP address or DNS name")
+    name: str = Field(default="", description="label value; defaults to host")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _is_ip(value) and not HOSTNAME.fullmatch(value):
+            raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.name:
+            self.name = self.host
+
+
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+# One requirement of a Kubernetes label selector: key, !key, key=v, key==v,
+# key!=v, key in (a,b), key notin (a,b).
+_LABEL_KEY = r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+SELECTOR_REQUIREMENT = re.compile(
+    rf"\s*(!?{_LABEL_KEY}|{_LABEL_KEY}\s*(==?|!=)\s*{_LABEL_VALUE}"
+    rf"|{_LABEL_KEY}\s+(in|notin)\s+\(\s*{_LABEL_VALUE}(\s*,\s*{_LABEL_VALUE})*\s*\))\s*"
+)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_ip(value: str) -> str:
+    try:
+        return ipaddress.ip_address(value.strip()).compressed
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address") from None
+
+
+def _split_list(value: Any) -> Any:
+    """Lists may come as one comma-separated string (environment variables)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _split_selector(selector: str) -> list[str]:
+    """Split on commas that are not inside an ``in (...)`` list."""
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+_yaml_values: ContextVar[dict[str, Any]] = ContextVar("yaml_values", default={})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        use_enum_values=False,
+    )
+
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        validation_alias=AliasChoices("NODE_PING_NODE_NAME", "MY_NODE_NAME"),
+        description="this node's name: the source_node label, and excluded from its peers",
+    )
+    discovery: DiscoveryMode = Field(
+        default=DiscoveryMode.AUTO,
+        description="where peers come from: kubernetes (Node objects), file (peers JSON), "
+        "static (--peer); auto picks kubernetes in a cluster, else static if --peer "
+        "is given, else file",
+    )
+    peers: Annotated[list[StaticPeer], NoDecode] = Field(
+        default_factory=list,
+        json_schema_extra={"flag": "--peer", "metavar": "NAME=IP"},
+        description="a static peer (repeatable)",
+    )
+    peers_file: Path = Field(
+        default=Path("/config/nodes.json"),
+        description='peers file: JSON list of {"name": ..., "ipAddress": ...}, re-read on change',
+    )
+    peers_file_poll_interval: float = Field(
+        default=2.0, gt=0, description="seconds between checks of the peers file"
+    )
+    kubeconfig: Path | None = Field(
+        default=None, description="kubeconfig for running outside a cluster"
+    )
+    node_selector: str = Field(
+        default="", description="label selector: only matching nodes become peers"
+    )
+    address_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["InternalIP"],
+        description="node address types to probe, comma-separated (InternalIP,ExternalIP)",
+    )
+    ping_self: bool = Field(default=False, description="probe this node's own addresses too")
+    max_peers: int = Field(
+        default=0, ge=0, description="probe at most K nodes (stable hash ring); 0 = all"
+    )
+    external_targets: Annotated[list[ExternalTarget], NoDecode] = Field(
+        default_factory=list,
+        json_schema_extra={"flag": "--external-target", "metavar": "[NAME=]HOST"},
+        description="a target outside the cluster (repeatable)",
+    )
+    resolve_interval: float = Field(
+        default=60.0, gt=0, description="seconds between DNS lookups of external targets"
+    )
+    icmp_mode: IcmpMode = Field(
+        default=IcmpMode.AUTO,
+        description="auto: unprivileged ping socket if allowed, else raw (CAP_NET_RAW)",
+    )
+    interval: float = Field(default=1.0, gt=0, description="seconds between probes to a peer")
+    timeout: float = Field(default=1.0, gt=0, le=60, description="seconds before a probe is lost")
+    payload_size: int = Field(
+        default=56, ge=MIN_PAYLOAD_SIZE, le=65000, description="ICMP payload bytes"
+    )
+    window: int = Field(
+        default=30, ge=1, le=10000, description="probes per peer behind rtt min/max/mdev"
+    )
+    per_peer_histogram: bool = Field(
+        default=False, description="also export an RTT histogram per peer (N² series)"
+    )
+    output: Output = Field(default=Output.HTTP, description="http, textfile or both")
+    listen_address: str = Field(
+        default=f":{DEFAULT_PORT}", description="HOST:PORT for /metrics, /healthz, /readyz"
+    )
+    textfile_dir: Path = Field(
+        default=Path("/node-exporter-textfile/"),
+        validation_alias=AliasChoices("NODE_PING_TEXTFILE_DIR", "PROMETHEUS_TEXTFILE_DIR"),
+        description="node-exporter textfile collector directory",
+    )
+    textfile_prefix: str = Field(
+        default="node-ping_",
+        validation_alias=AliasChoices("NODE_PING_TEXTFILE_PREFIX", "PROMETHEUS_TEXTFILE_PREFIX"),
+        description="textfile name prefix; the file is <dir>/<prefix><node>.prom",
+    )
+    textfile_interval: float = Field(
+        default=10.0, gt=0, description="seconds between textfile rewrites"
+    )
+    log_format: LogFormat = Field(default=LogFormat.PLAIN, description="plain or json")
+    log_level: str = Field(default="info", description="debug, info, warning or error")
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peers(cls, value: Any) -> Any:
+        return [_static_peer(item) for item in _split_list(value) or []]
+
+    @field_validator("external_targets", mode="before")
+    @classmethod
+    def _targets(cls, value: Any) -> Any:
+        return [_external_target(item) for item in _split_list(value) or []]
+
+    @field_validator("address_types", mode="before")
+    @classmethod
+    def _address_types(cls, value: Any) -> Any:
+        value = _split_list(value)
+        for item in value or []:
+            if item not in ADDRESS_TYPES:
+                raise ValueError(f"'{item}' is not one of {', '.join(ADDRESS_TYPES)}")
+        if not value:
+            raise ValueError("at least one address type is needed")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if value.strip():
+            for part in _split_selector(value):
+                if not SELECTOR_REQUIREMENT.fullmatch(part):
+                    raise ValueError(f"'{part.strip()}' is not a valid label selector requirement")
+        return value.strip()
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen_address(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"'{value}' is not one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("textfile_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if "/" in value:
+            raise ValueError("must not contain '/'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get())
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def textfile_path(self) -> Path:
+        return self.textfile_dir / f"{self.textfile_prefix}{self.node_name}.prom"
+
+    @property
+    def wants_http(self) -> bool:
+        return self.output in (Output.HTTP, Output.BOTH)
+
+    @property
+    def wants_textfile(self) -> bool:
+        return self.output in (Output.TEXTFILE, Output.BOTH)
+
+
+def _static_peer(item: Any) -> Any:
+    if isinstance(item, str):
+        name, sep, address = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"'{item}' is not NAME=IP")
+        return {"name": name.strip(), "address": address.strip()}
+    return item
+
+
+def _external_target(item: Any) -> Any:
+    if isinstance(item, str):
+        name, sep, host = item.partition("=")
+        return {"name": name.strip(), "host": host.strip()} if sep else {"host": item.strip()}
+    return item
+
+
+def split_listen_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{value}' is not HOST:PORT (e.g. :{DEFAULT_PORT})")
+    host = host.strip("[]")
+    if host and not _is_ip(host) and not HOSTNAME.fullmatch(host):
+        raise ValueError(f"'{host}' is not an address to listen on")
+    return host, int(port)
+
+
+# -- command line --------------------------------------------------------------
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"invalid command line: {message}")
+
+
+def flag_for(name: str) -> str:
+    field = Settings.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag") or "--" + name.replace("_", "-"))
+
+
+def env_for(name: str) -> str:
+    field = Settings.model_fields[name]
+    if isinstance(field.validation_alias, AliasChoices):
+        return " or ".join(str(c) for c in field.validation_alias.choices)
+    return ENV_PREFIX + name.upper()
+
+
+def build_parser(prog: str = "node-ping-exporter") -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=prog,
+        description="Ping every peer node continuously and export per-peer loss and RTT "
+        "for Prometheus. Every flag can also be set as NODE_PING_<FLAG> or in --config.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", type=Path, help="YAML file with settings (keys = flag names "
+                        "with underscores); env NODE_PING_CONFIG")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        kwargs: dict[str, Any] = {"dest": name, "help": f"{field.description} (env {env_for(name)})"}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name in ("peers", "external_targets"):
+            kwargs["action"] = "append"
+            kwargs["metavar"] = extra.get("metavar")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, Enum):
+            kwargs["choices"] = [m.value for m in field.annotation]
+        parser.add_argument(flag_for(name), **kwargs)
+    return parser
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"invalid setting 'config': cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"invalid setting 'config': {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid setting 'config': {path} must hold a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def describe_error(exc: ValidationError) -> str:
+    """The first validation error as one line naming the setting and the problem."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    name = loc[0] if loc else "?"
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and name in alias.choices:
+            name = field_name
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting '{name}' in the config file"
+    if name in Settings.model_fields:
+        where = f"{flag_for(name)} / {env_for(name)}"
+        detail = f" (item {int(loc[1]) + 1})" if len(loc) > 1 and loc[1].isdigit() else ""
+        got = error.get("input")
+        shown = f"; got {got!r}" if isinstance(got, str | int | float) else ""
+        return f"invalid setting '{name}'{detail} ({where}): {message}{shown}"
+    return f"invalid setting '{name}': {message}"
+
+
+def load_settings(argv: list[str], environ: dict[str, str]) -> Settings:
+    """Settings from argv, the environment and the config file (``--config``)."""
+    cli = vars(build_parser().parse_args(argv))
+    cli.pop("version", None)
+    config_path = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    token = _yaml_values.set(load_yaml(Path(config_path)) if config_path else {})
+    try:
+        return Settings(**cli)
+    except ValidationError as exc:
+        raise ConfigError(describe_error(exc)) from None
+    finally:
+        _yaml_values.reset(token)

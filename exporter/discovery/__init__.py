@@ -1,0 +1,65 @@
+"""Peer discovery: each source turns what it sees into a list of nodes.
+
+Every source (kubernetes, file, static) produces complete snapshots of
+:class:`~exporter.peers.NodeAddress`; :class:`NodeSink` applies the rules shared
+by all of them (this node excluded unless ``--ping-self``, the ``--max-peers``
+sample) and hands the result to the peer table. :class:`DiscoveryState` is what
+the self-metrics and ``/readyz`` report about a source.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from ..peers import NodeAddress, PeerKey, PeerKind, PeerTable
+from ..sampling import choose_peers
+
+log = logging.getLogger(__name__)
+
+
+class DiscoveryState:
+    """Health of one discovery source. Written on the asyncio loop only."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.up = False
+        self.synced_once = False
+        self.last_success = 0.0  # unix time of the last good list/read
+        self.errors = 0
+
+    def succeeded(self) -> None:
+        self.up = True
+        self.synced_once = True
+        self.last_success = time.time()
+
+    def failed(self, problem: str) -> None:
+        self.up = False
+        self.errors += 1
+        log.warning("discovery failing, keeping the last known peers",
+                    extra={"source": self.source, "problem": problem})
+
+
+class NodeSink:
+    """Turns a node snapshot into this node's peer set."""
+
+    def __init__(self, table: PeerTable, self_name: str, ping_self: bool, max_peers: int) -> None:
+        self.table = table
+        self.self_name = self_name
+        self.ping_self = ping_self
+        self.max_peers = max_peers
+
+    def update(self, nodes: Iterable[NodeAddress]) -> None:
+        by_name: dict[str, set[str]] = {}
+        for node in nodes:
+            by_name.setdefault(node.name, set()).update(node.addresses)
+        chosen = choose_peers(self.self_name, by_name, self.max_peers)
+        if self.ping_self and self.self_name in by_name:
+            chosen.add(self.self_name)
+        self.table.discovered_nodes = len(set(by_name) - {self.self_name})
+        self.table.replace(
+            PeerKind.NODE,
+            (PeerKey(PeerKind.NODE, name, address)
+             for name in chosen for address in by_name[name]),
+        )

@@ -1,0 +1,186 @@
+"""Kubernetes discovery: list + watch Node objects.
+
+The kubernetes client is blocking, so list/watch runs in a worker thread and
+hands every change to the asyncio loop as a complete node snapshot
+(``loop.call_soon_threadsafe``). ``410 Gone`` (resource version too old)
+relists at once; any other error reconnects with capped exponential backoff.
+Until then the peer table keeps the last known peers, so probing goes on while
+the API server is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, normalise_ip
+from ..peers import NodeAddress
+from . import DiscoveryState, NodeSink
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 300  # server-side timeout of one watch request
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+
+
+def in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def node_addresses(node: dict[str, Any], address_types: list[str]) -> NodeAddress | None:
+    """A Node object as a peer, or None when it is being deleted or has no usable address."""
+    metadata = node.get("metadata") or {}
+    if metadata.get("deletionTimestamp"):
+        return None
+    addresses: list[str] = []
+    for entry in (node.get("status") or {}).get("addresses") or []:
+        if entry.get("type") in address_types:
+            try:
+                address = normalise_ip(str(entry.get("address", "")))
+            except ValueError:
+                continue
+            if address not in addresses:
+                addresses.append(address)
+    if not addresses or not metadata.get("name"):
+        return None
+    return NodeAddress(str(metadata["name"]), tuple(addresses))
+
+
+class ResourceExpired(Exception):
+    """410 Gone: the watch's resource version is too old; relist."""
+
+
+class KubernetesDiscovery:
+    def __init__(
+        self,
+        sink: NodeSink,
+        state: DiscoveryState,
+        address_types: list[str],
+        label_selector: str,
+        kubeconfig: Path | None,
+    ) -> None:
+        self.sink = sink
+        self.state = state
+        self.address_types = address_types
+        self.label_selector = label_selector or None
+        self._api = _core_api(kubeconfig)
+        self._stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        threading.Thread(target=self._run, name="kubernetes-discovery", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # -- worker thread --------------------------------------------------------
+
+    def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(func, *args)
+
+    def _publish(self, nodes: dict[str, dict[str, Any]]) -> None:
+        snapshot = [n for n in (node_addresses(o, self.address_types) for o in nodes.values()) if n]
+        self._to_loop(self.sink.update, snapshot)
+        self._to_loop(self.state.succeeded)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopped.is_set():
+            try:
+                nodes, version = self._list()
+                self._publish(nodes)
+                backoff = BACKOFF_FIRST
+                while not self._stopped.is_set():
+                    version = self._watch(nodes, version)
+            except ResourceExpired:
+                log.info("node watch expired (410 Gone), relisting")
+                continue
+            except Exception as exc:  # any API or network error: back off, retry
+                if getattr(exc, "status", None) == 410:
+                    log.info("node list/watch expired (410 Gone), relisting")
+                    continue
+                self._to_loop(self.state.failed, _describe(exc))
+                self._stopped.wait(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _list(self) -> tuple[dict[str, dict[str, Any]], str]:
+        response = self._api.list_node(
+            label_selector=self.label_selector, _preload_content=False, _request_timeout=30
+        )
+        body = json.loads(response.data)
+        nodes = {item["metadata"]["name"]: item for item in body.get("items") or []}
+        return nodes, str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    def _watch(self, nodes: dict[str, dict[str, Any]], version: str) -> str:
+        """One watch request; applies events to ``nodes``; returns the version to resume from."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        response = self._api.list_node(
+            label_selector=self.label_selector,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=version,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=(10, WATCH_SECONDS + 30),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if self._stopped.is_set():
+                    break
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise ResourceExpired()
+                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                name = obj.get("metadata", {}).get("name")
+                if kind == "BOOKMARK" or not name:
+                    self._to_loop(self.state.succeeded)
+                    continue
+                if kind == "DELETED":
+                    nodes.pop(name, None)
+                else:
+                    nodes[name] = obj
+                self._publish(nodes)
+        finally:
+            response.release_conn()
+        return version
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status:
+        return f"API error {status}: {reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _core_api(kubeconfig: Path | None) -> Any:
+    """A CoreV1Api from the in-cluster service account or a kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig is None and in_cluster():
+            config.load_incluster_config()
+        else:
+            config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
+    except Exception as exc:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise ConfigError(
+            f"invalid setting 'kubeconfig' (--kubeconfig): cannot load {where}: {exc}"
+        ) from None
+    return client.CoreV1Api()

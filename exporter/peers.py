@@ -1,0 +1,116 @@
+"""The peer table: what this agent probes right now, and each peer's statistics.
+
+Discovery sources hand the table complete snapshots ("these are the nodes now");
+the table diffs them against what it holds. A peer that leaves takes its
+statistics with it, so its series vanish from the next scrape or textfile.
+A peer is one (kind, name, address): a dual-stack node is two peers, and a
+node whose address changes is a new peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .stats import PeerStats
+
+log = logging.getLogger(__name__)
+
+
+class PeerKind(str, Enum):
+    NODE = "node"
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True, order=True)
+class PeerKey:
+    """Identity of one probed address."""
+
+    kind: PeerKind
+    name: str  # node name, or the external target's name
+    address: str  # IP address, normalised (ipaddress.ip_address(...).compressed)
+    host: str = ""  # external targets: the configured host (IP or DNS name)
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+
+@dataclass
+class Peer:
+    key: PeerKey
+    stats: PeerStats
+    # Stable position in the probing cycle, in [0, 1): spreads sends evenly.
+    offset: float = field(default=0.0)
+
+
+def stable_fraction(*parts: str) -> float:
+    """A number in [0, 1) from the parts, equal on every node and every restart."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """One node as discovery sees it: a name and its usable addresses."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+
+class PeerTable:
+    """Current peers by key. Written only on the asyncio loop; read from any thread
+    through :meth:`snapshot` (a list copy, atomic under the GIL)."""
+
+    def __init__(
+        self,
+        window: int,
+        per_peer_histogram: bool,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._window = window
+        self._per_peer_histogram = per_peer_histogram
+        self._peers: dict[PeerKey, Peer] = {}
+        self._on_change = on_change
+        self.discovered_nodes = 0  # nodes known before sampling, self excluded
+
+    def snapshot(self) -> list[Peer]:
+        return list(self._peers.values())
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def count(self, kind: PeerKind) -> int:
+        return sum(1 for key in list(self._peers) if key.kind is kind)
+
+    def replace(self, kind: PeerKind, keys: Iterable[PeerKey]) -> bool:
+        """Make the peers of ``kind`` exactly ``keys``. Returns True when anything changed."""
+        wanted = set(keys)
+        current = {k for k in self._peers if k.kind is kind}
+        removed = current - wanted
+        added = wanted - current
+        for key in removed:
+            del self._peers[key]
+        for key in sorted(added):
+            self._peers[key] = Peer(
+                key=key,
+                stats=PeerStats(self._window, self._per_peer_histogram),
+                offset=stable_fraction(key.kind.value, key.name, key.address),
+            )
+        if removed or added:
+            log.info(
+                "peers changed",
+                extra={"kind": kind.value, "added": len(added), "removed": len(removed),
+                       "total": len(self._peers)},
+            )
+            if self._on_change is not None:
+                self._on_change()
+            return True
+        return False
+
+    def get(self, key: PeerKey) -> Peer | None:
+        return self._peers.get(key)

@@ -1,0 +1,28 @@
+"""Which nodes this node probes when a full mesh is too many (``--max-peers K``).
+
+Consistent hashing on a ring: every node name gets a fixed position (a hash of
+the name, so it is the same on every node, across restarts and rollouts), and
+each node probes the K nodes that follow it on the ring. So every node probes
+exactly K and is probed by exactly K others (when the cluster has more than K+1
+nodes); a node joining or leaving changes only the K predecessors' choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .peers import stable_fraction
+
+
+def ring_position(node: str) -> float:
+    return stable_fraction("ring", node)
+
+
+def choose_peers(self_name: str, nodes: Iterable[str], max_peers: int) -> set[str]:
+    """The names this node probes, self excluded. ``max_peers`` 0 means all."""
+    others = {n for n in nodes if n != self_name}
+    if max_peers <= 0 or len(others) <= max_peers:
+        return others
+    ring = sorted([*others, self_name], key=lambda n: (ring_position(n), n))
+    start = ring.index(self_name)
+    return {ring[(start + i) % len(ring)] for i in range(1, max_peers + 1)}

@@ -1,0 +1,87 @@
+"""HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz``.
+
+Served from a thread so that a slow scrape never delays the prober's sends.
+``/metrics`` negotiates Prometheus text or OpenMetrics from the Accept header
+(prometheus_client's encoders).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], tuple[bool, str]]
+
+INDEX = b"""<html><head><title>node-ping-exporter</title></head><body>
+<h1>node-ping-exporter</h1>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a>
+&middot; <a href="/readyz">/readyz</a></p></body></html>
+"""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "::" serves IPv4 too (IPv4-mapped), like Go's ":9798".
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def make_server(
+    host: str, port: int, registry: CollectorRegistry, healthy: Check, ready: Check
+) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, content_type, encoder(registry))
+            elif path in ("/healthz", "/readyz"):
+                ok, why = (healthy if path == "/healthz" else ready)()
+                self._reply(200 if ok else 503, "text/plain; charset=utf-8", why.encode() + b"\n")
+            elif path == "/":
+                self._reply(200, "text/html; charset=utf-8", INDEX)
+            else:
+                self._reply(404, "text/plain; charset=utf-8", b"not found\n")
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("http " + format % args)
+
+    if host:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (_Server,), {"address_family": family})
+        return server_class((host, port), Handler)
+    try:
+        server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6})
+        return server_class(("::", port), Handler)
+    except OSError as exc:
+        if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+        return _Server(("0.0.0.0", port), Handler)
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return thread
