@@ -52,8 +52,9 @@ def open_sockets(mode: IcmpMode) -> dict[int, EchoSocket]:
     try:
         sockets[6] = open_echo_socket(6, raw=mode is IcmpMode.RAW)
     except Exception as exc:  # IPv6 disabled on the node: IPv6 peers count send errors
-        log.warning("no IPv6 ICMP socket; IPv6 peers will not be probed",
-                    extra={"problem": str(exc)})
+        log.warning(
+            "no IPv6 ICMP socket; IPv6 peers will not be probed", extra={"problem": str(exc)}
+        )
     return sockets
 
 
@@ -63,15 +64,15 @@ class Agent:
         self.shutting_down = False
         self.mode = resolve_mode(settings.icmp_mode)
         self.sockets = open_sockets(self.mode)
-        self.table = PeerTable(settings.window, settings.per_peer_histogram,
-                               on_change=self._peers_changed)
-        self.prober = Prober(self.table, self.sockets, settings.interval, settings.timeout,
-                             settings.payload_size)
-        self.state = AgentState(settings.node_name, self.mode.value, self.table,
-                                self.prober.stats)
+        self.table = PeerTable(
+            settings.window, settings.per_peer_histogram, on_change=self._peers_changed
+        )
+        self.prober = Prober(
+            self.table, self.sockets, settings.interval, settings.timeout, settings.payload_size
+        )
+        self.state = AgentState(settings.node_name, self.mode.value, self.table, self.prober.stats)
         self.collector = AgentCollector(self.state, settings.per_peer_histogram)
-        self.sink = NodeSink(self.table, settings.node_name, settings.ping_self,
-                             settings.max_peers)
+        self.sink = NodeSink(self.table, settings.node_name, settings.ping_self, settings.max_peers)
         self.discovery_mode = choose_discovery(settings)
         self.discovery_state = DiscoveryState(self.discovery_mode.value)
         self.state.discovery.append(self.discovery_state)
@@ -109,18 +110,25 @@ class Agent:
         mode = self.discovery_mode
         if mode is DiscoveryMode.STATIC:
             if not s.peers:
-                raise ConfigError("invalid setting 'peers' (--peer): static discovery needs "
-                                  "at least one --peer NAME=IP")
+                raise ConfigError(
+                    "invalid setting 'peers' (--peer): static discovery needs "
+                    "at least one --peer NAME=IP"
+                )
             apply_static_peers(s.peers, self.sink, self.discovery_state)
         elif mode is DiscoveryMode.FILE:
             text, nodes = load_initial(s.peers_file)
             self.sink.update(nodes)
             self.discovery_state.succeeded()
-            self._spawn("peers-file", lambda: watch_peers_file(
-                s.peers_file, s.peers_file_poll_interval, text, self.sink, self.discovery_state))
+            self._spawn(
+                "peers-file",
+                lambda: watch_peers_file(
+                    s.peers_file, s.peers_file_poll_interval, text, self.sink, self.discovery_state
+                ),
+            )
         else:
-            kube = KubernetesDiscovery(self.sink, self.discovery_state, s.address_types,
-                                       s.node_selector, s.kubeconfig)
+            kube = KubernetesDiscovery(
+                self.sink, self.discovery_state, s.address_types, s.node_selector, s.kubeconfig
+            )
             kube.start(asyncio.get_running_loop())
 
     def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -163,9 +171,11 @@ class Agent:
             try:
                 server = make_server(host, port, registry, self.healthy, self.ready)
             except OSError as exc:
-                raise ConfigError(f"invalid setting 'listen_address' (--listen-address): "
-                                  f"cannot listen on {s.listen_address}: "
-                                  f"{exc.strerror or errno.errorcode.get(exc.errno or 0)}") from None
+                raise ConfigError(
+                    f"invalid setting 'listen_address' (--listen-address): "
+                    f"cannot listen on {s.listen_address}: "
+                    f"{exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+                ) from None
             serve_in_thread(server)
         textfile_task = None
         if s.wants_textfile:
@@ -180,10 +190,17 @@ class Agent:
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopped.set)
-        log.info("started", extra={"node": s.node_name, "icmp_mode": self.mode.value,
-                                   "discovery": self.discovery_mode.value,
-                                   "peers": len(self.table), "output": s.output.value,
-                                   "listen": s.listen_address if server else "-"})
+        log.info(
+            "started",
+            extra={
+                "node": s.node_name,
+                "icmp_mode": self.mode.value,
+                "discovery": self.discovery_mode.value,
+                "peers": len(self.table),
+                "output": s.output.value,
+                "listen": s.listen_address if server else "-",
+            },
+        )
         self._spawn("prober", self.prober.run)
         await stopped.wait()
 

@@ -14,7 +14,7 @@ import ipaddress
 import re
 import socket
 from contextvars import ContextVar
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -38,20 +38,20 @@ class ConfigError(Exception):
     """Bad input; the message is the single line printed before exit code 2."""
 
 
-class DiscoveryMode(str, Enum):
+class DiscoveryMode(StrEnum):
     AUTO = "auto"
     KUBERNETES = "kubernetes"
     FILE = "file"
     STATIC = "static"
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     HTTP = "http"
     TEXTFILE = "textfile"
     BOTH = "both"
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     PLAIN = "plain"
     JSON = "json"
 
@@ -82,8 +82,10 @@ class ExternalTarget(BaseModel):
             self.name = self.host
 
 
-HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # One requirement of a Kubernetes label selector: key, !key, key=v, key==v,
 # key!=v, key in (a,b), key notin (a,b).
@@ -132,7 +134,7 @@ def _split_selector(selector: str) -> list[str]:
     return parts
 
 
-_yaml_values: ContextVar[dict[str, Any]] = ContextVar("yaml_values", default={})
+_yaml_values: ContextVar[dict[str, Any] | None] = ContextVar("yaml_values", default=None)
 
 
 class Settings(BaseSettings):
@@ -284,7 +286,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get())
+        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get() or {})
         return (init_settings, env_settings, yaml_source)
 
     @property
@@ -354,12 +356,18 @@ def build_parser(prog: str = "node-ping-exporter") -> argparse.ArgumentParser:
         "for Prometheus. Every flag can also be set as NODE_PING_<FLAG> or in --config.",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", type=Path, help="YAML file with settings (keys = flag names "
-                        "with underscores); env NODE_PING_CONFIG")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file with settings (keys = flag names with underscores); env NODE_PING_CONFIG",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     for name, field in Settings.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        kwargs: dict[str, Any] = {"dest": name, "help": f"{field.description} (env {env_for(name)})"}
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "help": f"{field.description} (env {env_for(name)})",
+        }
         if field.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif name in ("peers", "external_targets"):

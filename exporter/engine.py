@@ -9,7 +9,7 @@ Probes are numbered by a 64-bit counter. The low 16 bits are the ICMP sequence
 and index a ring of in-flight records; the whole counter travels in the payload
 after a random per-process token, so a reply is accepted only when source
 address, sequence, counter and token (and in raw mode the ICMP id) all match.
-RTT = kernel receive stamp − send stamp taken just before ``sendto``, both
+RTT = kernel receive stamp - send stamp taken just before ``sendto``, both
 CLOCK_REALTIME. A probe is counted once it resolves: reply within the timeout,
 timeout, or failed send.
 """
@@ -80,7 +80,7 @@ class EngineStats:
 
     @property
     def loop_lag_seconds(self) -> float:
-        """Worst lateness of the sender's wake-ups over the last 10–20 s."""
+        """Worst lateness of the sender's wake-ups over the last 10-20 s."""
         return max(self._lag_now, self._lag_before)
 
     def count_send_error(self, reason: str) -> None:

@@ -18,6 +18,7 @@ and only here:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -25,7 +26,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from icmplib import ICMPv4Socket, ICMPv6Socket
@@ -44,7 +45,7 @@ PAYLOAD_HEADER = struct.Struct("!8sQ")
 MIN_PAYLOAD_SIZE = PAYLOAD_HEADER.size
 
 
-class IcmpMode(str, Enum):
+class IcmpMode(StrEnum):
     AUTO = "auto"
     UNPRIVILEGED = "unprivileged"
     RAW = "raw"
@@ -89,13 +90,13 @@ def fast_checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 class _EchoMixin:
     """What both families add to icmplib's socket. Relies on icmplib's attributes."""
 
-    __slots__ = ()
+    # Attributes of icmplib's classes, and our `ident`.
     _sock: socket.socket
     _privileged: bool
     _IP_VERSION: int
@@ -115,10 +116,9 @@ class _EchoMixin:
         sock = self._sock
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        try:
+        # Capped by net.core.rmem_max; the default size still works.
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        except OSError:
-            pass  # capped by net.core.rmem_max; the default still works
         # Raw sockets pick an id nobody else on the host is likely to use;
         # datagram sockets get theirs from the kernel, which also filters on it.
         self.ident = random.getrandbits(16) if self._privileged else 0
@@ -175,8 +175,6 @@ class _EchoMixin:
 
 
 class EchoSocketV4(_EchoMixin, ICMPv4Socket):  # type: ignore[misc]
-    __slots__ = ("ident",)
-
     def _install_reply_filter(self) -> None:
         # ICMP_FILTER: a set bit drops that type. Pass echo replies (type 0) only.
         self._sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~1))
@@ -186,8 +184,6 @@ class EchoSocketV4(_EchoMixin, ICMPv4Socket):  # type: ignore[misc]
 
 
 class EchoSocketV6(_EchoMixin, ICMPv6Socket):  # type: ignore[misc]
-    __slots__ = ("ident",)
-
     def _install_reply_filter(self) -> None:
         # struct icmp6_filter: 256 bits, a set bit blocks that type.
         words = [0xFFFFFFFF] * 8

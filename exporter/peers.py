@@ -14,14 +14,14 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .stats import PeerStats
 
 log = logging.getLogger(__name__)
 
 
-class PeerKind(str, Enum):
+class PeerKind(StrEnum):
     NODE = "node"
     EXTERNAL = "external"
 
@@ -104,8 +104,12 @@ class PeerTable:
         if removed or added:
             log.info(
                 "peers changed",
-                extra={"kind": kind.value, "added": len(added), "removed": len(removed),
-                       "total": len(self._peers)},
+                extra={
+                    "kind": kind.value,
+                    "added": len(added),
+                    "removed": len(removed),
+                    "total": len(self._peers),
+                },
             )
             if self._on_change is not None:
                 self._on_change()

@@ -32,10 +32,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # "::" serves IPv4 too (IPv4-mapped), like Go's ":9798".
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # "::" serves IPv4 too (IPv4-mapped), like Go's ":9798".
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
 
@@ -45,7 +48,7 @@ def make_server(
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -65,16 +68,13 @@ def make_server(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             log.debug("http " + format % args)
 
     if host:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("Server", (_Server,), {"address_family": family})
-        return server_class((host, port), Handler)
+        return (_Server6 if ":" in host else _Server)((host, port), Handler)
     try:
-        server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6})
-        return server_class(("::", port), Handler)
+        return _Server6(("::", port), Handler)
     except OSError as exc:
         if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             raise

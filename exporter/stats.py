@@ -19,8 +19,22 @@ from collections.abc import Sequence
 # RTT histogram upper bounds, seconds. Starts at 50 µs: inside a data centre
 # most RTTs are well under 1 ms, where the usual 5 ms first bucket is useless.
 RTT_BUCKETS_SECONDS: tuple[float, ...] = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 
@@ -51,7 +65,7 @@ class Histogram:
 def window_summary(rtts: Sequence[float | None]) -> tuple[float, float, float] | None:
     """min, max and mdev (ms) of the replies in a window; None when it holds none.
 
-    mdev is iputils ping's: sqrt(mean(rtt²) − mean(rtt)²).
+    mdev is iputils ping's: sqrt(mean(rtt²) - mean(rtt)²).
     """
     replies = [r for r in rtts if r is not None]
     if not replies:
@@ -70,8 +84,8 @@ class PeerStats:
         "_window_pos",
         "histogram",
         "received",
-        "rtt_ms_sum",
         "rtt_ms_squared_sum",
+        "rtt_ms_sum",
         "sent",
     )
 

@@ -10,6 +10,7 @@ ever removed; the directory is shared with other exporters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -23,11 +24,14 @@ log = logging.getLogger(__name__)
 
 def check_directory(directory: Path) -> None:
     if not directory.is_dir():
-        raise ConfigError(f"invalid setting 'textfile_dir' (--textfile-dir): "
-                          f"{directory} is not a directory")
+        raise ConfigError(
+            f"invalid setting 'textfile_dir' (--textfile-dir): {directory} is not a directory"
+        )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError(f"invalid setting 'textfile_dir' (--textfile-dir): "
-                          f"{directory} is not writable by uid {os.getuid()}")
+        raise ConfigError(
+            f"invalid setting 'textfile_dir' (--textfile-dir): "
+            f"{directory} is not writable by uid {os.getuid()}"
+        )
 
 
 class TextfileWriter:
@@ -69,10 +73,9 @@ class TextfileWriter:
                 await asyncio.to_thread(self.write)
             except OSError as exc:
                 self.write_errors += 1
-                log.error("textfile write failed", extra={"path": str(self.path),
-                                                          "problem": exc.strerror})
+                log.error(
+                    "textfile write failed", extra={"path": str(self.path), "problem": exc.strerror}
+                )
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), interval)
-            except TimeoutError:
-                pass

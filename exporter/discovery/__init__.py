@@ -37,8 +37,10 @@ class DiscoveryState:
     def failed(self, problem: str) -> None:
         self.up = False
         self.errors += 1
-        log.warning("discovery failing, keeping the last known peers",
-                    extra={"source": self.source, "problem": problem})
+        log.warning(
+            "discovery failing, keeping the last known peers",
+            extra={"source": self.source, "problem": problem},
+        )
 
 
 class NodeSink:
@@ -60,6 +62,5 @@ class NodeSink:
         self.table.discovered_nodes = len(set(by_name) - {self.self_name})
         self.table.replace(
             PeerKind.NODE,
-            (PeerKey(PeerKind.NODE, name, address)
-             for name in chosen for address in by_name[name]),
+            (PeerKey(PeerKind.NODE, name, address) for name in chosen for address in by_name[name]),
         )

@@ -28,6 +28,7 @@ class ExternalTargets:
 
     async def resolve_all(self) -> None:
         for target in self.targets:
+            address: str | None
             try:
                 address = normalise_ip(target.host)
             except ValueError:
@@ -36,8 +37,11 @@ class ExternalTargets:
                 self.addresses[target.name] = address
         self.table.replace(
             PeerKind.EXTERNAL,
-            (PeerKey(PeerKind.EXTERNAL, t.name, self.addresses[t.name], t.host)
-             for t in self.targets if t.name in self.addresses),
+            (
+                PeerKey(PeerKind.EXTERNAL, t.name, self.addresses[t.name], t.host)
+                for t in self.targets
+                if t.name in self.addresses
+            ),
         )
 
     async def _lookup(self, target: ExternalTarget) -> str | None:
@@ -46,8 +50,10 @@ class ExternalTargets:
             return normalise_ip(found[0])
         except Exception as exc:  # icmplib raises NameLookupError; keep the last address
             self.resolve_errors[target.name] += 1
-            log.warning("cannot resolve external target, keeping its last address",
-                        extra={"target": target.name, "host": target.host, "problem": str(exc)})
+            log.warning(
+                "cannot resolve external target, keeping its last address",
+                extra={"target": target.name, "host": target.host, "problem": str(exc)},
+            )
             return None
 
     async def run(self, interval: float) -> None:
