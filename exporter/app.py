@@ -25,6 +25,7 @@ from .discovery.file import load_initial, watch_peers_file
 from .discovery.kubernetes import KubernetesDiscovery, in_cluster
 from .discovery.static import apply_static_peers
 from .engine import MAX_TICK_SECONDS, Prober
+from .exposition import Exposition
 from .icmp import EchoSocket, IcmpMode, open_echo_socket, resolve_mode
 from .metrics import AgentCollector, AgentState
 from .peers import PeerTable
@@ -167,9 +168,10 @@ class Agent:
             registry = CollectorRegistry()
             registry.register(self.collector)
             registry.register(ProcessCollector(registry=None))
+            http = Exposition(self.table, s.node_name, registry)
             host, port = split_listen_address(s.listen_address)
             try:
-                server = make_server(host, port, registry, self.healthy, self.ready)
+                server = make_server(host, port, http.render, self.healthy, self.ready)
             except OSError as exc:
                 raise ConfigError(
                     f"invalid setting 'listen_address' (--listen-address): "
@@ -182,7 +184,8 @@ class Agent:
             check_directory(s.textfile_dir)
             text_registry = CollectorRegistry()  # our metrics only: node-exporter has its own
             text_registry.register(self.collector)
-            self.textfile = TextfileWriter(s.textfile_path, text_registry)
+            text = Exposition(self.table, s.node_name, text_registry)
+            self.textfile = TextfileWriter(s.textfile_path, text.render)
             self.state.textfile = self.textfile
             self.textfile.remove_stale()
             textfile_task = asyncio.create_task(self.textfile.run(s.textfile_interval))

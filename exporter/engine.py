@@ -1,17 +1,21 @@
 """The prober: paces echo requests to every peer and matches the replies.
 
-One socket per address family, one reader per socket (``loop.add_reader``), one
-sender task. Every peer is probed once per interval at a fixed point of the
-cycle (its stable offset plus this process's random phase), so sends are spread
-evenly and a DaemonSet rollout does not synchronise the nodes.
+One socket per address family and one task. Each tick it drains every socket,
+expires timed-out probes, then sends what is due. A reply may wait in its
+socket for up to a tick (MAX_TICK_SECONDS); that costs no accuracy, because
+the RTT uses the kernel's receive stamp, and it saves a wake-up per reply.
+
+Every peer is probed once per interval at a fixed point of the cycle (its
+stable offset plus this process's random phase), so sends are spread evenly and
+a DaemonSet rollout does not synchronise the nodes.
 
 Probes are numbered by a 64-bit counter. The low 16 bits are the ICMP sequence
-and index a ring of in-flight records; the whole counter travels in the payload
-after a random per-process token, so a reply is accepted only when source
-address, sequence, counter and token (and in raw mode the ICMP id) all match.
-RTT = kernel receive stamp - send stamp taken just before ``sendto``, both
-CLOCK_REALTIME. A probe is counted once it resolves: reply within the timeout,
-timeout, or failed send.
+and index flat per-slot arrays (no object per probe); the whole counter travels
+in the payload after a random per-process token, so a reply is accepted only
+when source address, sequence, counter and token (and in raw mode the ICMP id)
+all match. RTT = kernel receive stamp - send stamp taken just before
+``sendto``, both CLOCK_REALTIME. A probe is counted once it resolves: reply
+within the timeout, timeout, or failed send.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import errno
 import logging
 import os
 import time
+from array import array
 from bisect import bisect_left
 from collections import deque
-from enum import IntEnum
+from collections.abc import Callable
+from typing import Any
 
-from .icmp import PAYLOAD_HEADER, EchoReply, EchoSocket
+from .icmp import EchoReply, EchoSocket, RequestBuilder
 from .peers import Peer, PeerKind, PeerTable
 from .stats import Histogram
 
@@ -34,27 +40,19 @@ log = logging.getLogger(__name__)
 SEQUENCE_SLOTS = 1 << 16
 # Never sleep less than this between sends: batches small sends instead of
 # waking the loop thousands of times per second.
-MIN_TICK_SECONDS = 0.004
+MIN_TICK_SECONDS = 0.01
 # Wake at least this often to expire timeouts and pick up peer changes.
 MAX_TICK_SECONDS = 0.1
 LAG_WINDOW_SECONDS = 10.0
 
 
-class ProbeState(IntEnum):
-    PENDING = 0
-    ANSWERED = 1
-    EXPIRED = 2
+# How to reach a peer: its family's request builder and its socket's sendto.
+Route = tuple[RequestBuilder, Callable[[bytes, tuple[Any, ...]], int]]
+# (offset in the cycle, peer, route or None without a socket, sockaddr)
+ScheduleEntry = tuple[float, Peer, Route | None, tuple[Any, ...]]
 
-
-class Probe:
-    __slots__ = ("counter", "deadline", "peer", "sent_ns", "state")
-
-    def __init__(self, counter: int, peer: Peer, sent_ns: int, deadline: float) -> None:
-        self.counter = counter
-        self.peer = peer
-        self.sent_ns = sent_ns
-        self.deadline = deadline  # monotonic seconds
-        self.state = ProbeState.PENDING
+# States of a sequence slot.
+FREE, PENDING, ANSWERED, EXPIRED = 0, 1, 2, 3
 
 
 class EngineStats:
@@ -104,14 +102,18 @@ class Prober:
         self.timeout_ns = int(timeout * 1e9)
         self.stats = EngineStats()
         self._token = os.urandom(8)
-        self._padding = b"\x00" * (payload_size - PAYLOAD_HEADER.size)
+        self._payload_size = payload_size
         self._counter = int.from_bytes(os.urandom(2), "big")  # random start sequence
-        self._slots: list[Probe | None] = [None] * SEQUENCE_SLOTS
-        self._in_flight: deque[Probe] = deque()
+        # Per sequence slot: probe counter, peer, send stamp, deadline, state.
+        self._slot_counter = array("q", [-1]) * SEQUENCE_SLOTS
+        self._slot_peer: list[Peer | None] = [None] * SEQUENCE_SLOTS
+        self._slot_sent_ns = array("q", [0]) * SEQUENCE_SLOTS
+        self._slot_deadline = array("d", [0.0]) * SEQUENCE_SLOTS
+        self._slot_state = bytearray(SEQUENCE_SLOTS)
+        self._in_flight: deque[int] = deque()  # sequences, in send order = deadline order
         phase = os.urandom(1)[0] / 256 if phase is None else phase
         self._cycle_start = time.monotonic() - phase * interval
-        self._schedule: list[Peer] = []
-        self._offsets: list[float] = []
+        self._schedule: list[ScheduleEntry] = []
         self._next = 0
         self._schedule_dirty = True
         self._stopping = False
@@ -127,23 +129,25 @@ class Prober:
         self._stopping = True
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for family, sock in self.sockets.items():
-            loop.add_reader(sock.fileno(), self._on_readable, family)
-        try:
-            await self._send_loop()
-        finally:
-            for sock in self.sockets.values():
-                loop.remove_reader(sock.fileno())
+        await self._send_loop()
 
     # -- sending ------------------------------------------------------------
 
     def _rebuild_schedule(self, now: float) -> None:
-        peers = sorted(self.table.snapshot(), key=lambda p: (p.offset, p.key))
-        self._schedule = peers
-        self._offsets = [p.offset for p in peers]
+        """Peers sorted by their offset in the cycle, each with how to reach it."""
+        routes: dict[int, Route] = {
+            family: (sock.request_builder(self._token, self._payload_size), sock.sendto)
+            for family, sock in self.sockets.items()
+        }
+        schedule: list[ScheduleEntry] = []
+        for peer in sorted(self.table.snapshot(), key=lambda p: (p.offset, p.key)):
+            key = peer.key
+            sock = self.sockets.get(key.family)
+            sockaddr = sock.sockaddr(key.address) if sock else ()
+            schedule.append((peer.offset, peer, routes.get(key.family), sockaddr))
+        self._schedule = schedule
         position = ((now - self._cycle_start) / self.interval) % 1.0
-        self._next = bisect_left(self._offsets, position)
+        self._next = bisect_left([entry[0] for entry in schedule], position)
         self._schedule_dirty = False
 
     async def _send_loop(self) -> None:
@@ -161,90 +165,101 @@ class Prober:
             await asyncio.sleep(intended_wake - now)
 
     def _send_due(self, now: float) -> float:
-        """Send every probe whose slot has passed; return when the next is due."""
-        if now - self._cycle_start > 2 * self.interval:
+        """Send every probe whose point in the cycle has passed; return when the next is due.
+
+        The hot path: one iteration per probe, so everything is bound to locals.
+        """
+        interval = self.interval
+        if now - self._cycle_start > 2 * interval:
             # Fell far behind (suspended, starved): skip ahead, never burst-catch-up.
-            behind = int((now - self._cycle_start) / self.interval)
-            self._cycle_start += behind * self.interval
+            self._cycle_start += int((now - self._cycle_start) / interval) * interval
             self._next = 0
         schedule = self._schedule
-        while schedule:
-            if self._next >= len(schedule):
-                self._cycle_start += self.interval
-                self._next = 0
-            peer = schedule[self._next]
-            due = self._cycle_start + peer.offset * self.interval
-            if due > now:
-                return due
-            self._send(peer, now)
-            self._next += 1
-        return now + MAX_TICK_SECONDS
-
-    def _send(self, peer: Peer, now: float) -> None:
-        key = peer.key
-        self._counter += 1
-        counter = self._counter
-        sock = self.sockets.get(key.family)
-        if sock is None:
-            self.stats.count_send_error("no_socket")
-            self._resolve_lost(peer)
-            return
-        sequence = counter & 0xFFFF
-        payload = PAYLOAD_HEADER.pack(self._token, counter) + self._padding
-        packet = sock.build_request(sequence, payload)
-        sockaddr = sock.sockaddr(key.address)
-        sent_ns = time.time_ns()
+        if not schedule:
+            return now + MAX_TICK_SECONDS
+        count = len(schedule)
+        index, cycle_start, counter = self._next, self._cycle_start, self._counter
+        deadline = now + self.timeout
+        slot_state, slot_peer = self._slot_state, self._slot_peer
+        slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
+        slot_deadline, in_flight = self._slot_deadline, self._in_flight
+        time_ns = time.time_ns
         try:
-            sock.send_packet(packet, sockaddr)
-        except OSError as exc:
-            reason = errno.errorcode.get(exc.errno or 0, "unknown")
-            self.stats.count_send_error(reason)
-            self._resolve_lost(peer)
-            return
-        probe = Probe(counter, peer, sent_ns, now + self.timeout)
-        self._slots[sequence] = probe
-        self._in_flight.append(probe)
+            while True:
+                if index >= count:
+                    cycle_start += interval
+                    index = 0
+                offset, peer, route, sockaddr = schedule[index]
+                due = cycle_start + offset * interval
+                if due > now:
+                    return due
+                index += 1
+                counter += 1
+                if route is None:
+                    self.stats.count_send_error("no_socket")
+                    self._resolve_lost(peer)
+                    continue
+                build, sendto = route
+                sequence = counter & 0xFFFF
+                packet = build(sequence, counter)
+                sent_ns = time_ns()
+                try:
+                    sendto(packet, sockaddr)
+                except OSError as exc:
+                    self.stats.count_send_error(errno.errorcode.get(exc.errno or 0, "unknown"))
+                    self._resolve_lost(peer)
+                    continue
+                if slot_state[sequence] == PENDING:
+                    # 65536 probes in flight: the oldest slot is reused before it expired.
+                    self._resolve_lost(slot_peer[sequence])  # type: ignore[arg-type]
+                slot_counter[sequence] = counter
+                slot_peer[sequence] = peer
+                slot_sent_ns[sequence] = sent_ns
+                slot_deadline[sequence] = deadline
+                slot_state[sequence] = PENDING
+                in_flight.append(sequence)
+        finally:
+            self._next, self._cycle_start, self._counter = index, cycle_start, counter
 
     # -- receiving ----------------------------------------------------------
-
-    def _on_readable(self, family: int) -> None:
-        self._handle_replies(self.sockets[family].drain())
 
     def _drain_all(self) -> None:
         for sock in self.sockets.values():
             self._handle_replies(sock.drain())
 
     def _handle_replies(self, replies: list[EchoReply]) -> None:
-        slots = self._slots
-        token = self._token
-        for reply in replies:
-            probe = slots[reply.sequence]
+        token, timeout_ns = self._token, self.timeout_ns
+        slot_state, slot_peer = self._slot_state, self._slot_peer
+        slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
+        stats = self.stats
+        for source, sequence, reply_token, counter, received_ns in replies:
+            peer = slot_peer[sequence]
             if (
-                probe is None
-                or reply.token != token
-                or probe.counter != reply.counter
-                or (probe.counter & 0xFFFF) != reply.sequence
-                or probe.peer.key.address != reply.source
+                peer is None
+                or slot_counter[sequence] != counter
+                or reply_token != token
+                or peer.key.address != source
             ):
                 continue  # not ours (another pinger on this host) or corrupted
-            if probe.state is ProbeState.ANSWERED:
-                self.stats.duplicate_replies += 1
+            state = slot_state[sequence]
+            if state != PENDING:
+                if state == ANSWERED:
+                    stats.duplicate_replies += 1
+                else:
+                    stats.late_replies += 1
                 continue
-            if probe.state is ProbeState.EXPIRED:
-                self.stats.late_replies += 1
+            rtt_ns = received_ns - slot_sent_ns[sequence]
+            if rtt_ns > timeout_ns:
+                # Arrived after its timeout, before the expiry pass got to it.
+                slot_state[sequence] = EXPIRED
+                stats.late_replies += 1
+                self._resolve_lost(peer)
                 continue
-            rtt_ns = reply.received_ns - probe.sent_ns
-            if rtt_ns > self.timeout_ns:
-                # Arrived after its timeout but before the expiry pass saw it.
-                probe.state = ProbeState.EXPIRED
-                self.stats.late_replies += 1
-                self._resolve_lost(probe.peer)
-                continue
-            probe.state = ProbeState.ANSWERED
+            slot_state[sequence] = ANSWERED
             rtt_ms = max(rtt_ns, 0) / 1e6
-            probe.peer.stats.record_reply(rtt_ms)
-            self._histogram_for(probe.peer).observe(rtt_ms / 1000.0)
-            self.stats.probes_resolved += 1
+            peer.stats.record_reply(rtt_ms)
+            self._histogram_for(peer).observe(rtt_ms / 1000.0)
+            stats.probes_resolved += 1
 
     def _histogram_for(self, peer: Peer) -> Histogram:
         if peer.key.kind is PeerKind.EXTERNAL:
@@ -255,11 +270,13 @@ class Prober:
 
     def _expire(self, now: float) -> None:
         in_flight = self._in_flight
-        while in_flight and in_flight[0].deadline <= now:
-            probe = in_flight.popleft()
-            if probe.state is ProbeState.PENDING:
-                probe.state = ProbeState.EXPIRED
-                self._resolve_lost(probe.peer)
+        deadline = self._slot_deadline
+        state = self._slot_state
+        while in_flight and deadline[in_flight[0]] <= now:
+            sequence = in_flight.popleft()
+            if state[sequence] == PENDING:
+                state[sequence] = EXPIRED
+                self._resolve_lost(self._slot_peer[sequence])  # type: ignore[arg-type]
 
     def _resolve_lost(self, peer: Peer) -> None:
         peer.stats.record_loss()

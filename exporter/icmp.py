@@ -25,7 +25,7 @@ import random
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +40,10 @@ ICMPV6_ECHO_REPLY = 129
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+_ECHO_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, id, sequence
 # Our payload starts with: 8-byte process token, 8-byte probe counter.
 PAYLOAD_HEADER = struct.Struct("!8sQ")
+_ECHO_REPLY = struct.Struct("!BBHHH8sQ")  # header + the start of our payload
 MIN_PAYLOAD_SIZE = PAYLOAD_HEADER.size
 
 
@@ -55,14 +57,10 @@ class IcmpUnavailable(Exception):
     """Neither socket kind could be opened; the message names both fixes."""
 
 
-@dataclass(frozen=True, slots=True)
-class EchoReply:
-    source: str
-    ident: int
-    sequence: int
-    token: bytes
-    counter: int
-    received_ns: int  # CLOCK_REALTIME, from the kernel when it gives a stamp
+# source address, sequence, payload token, probe counter, receive time in ns
+# (CLOCK_REALTIME, from the kernel when it gives a stamp)
+EchoReply = tuple[str, int, bytes, int, int]
+RequestBuilder = Callable[[int, int], bytes]
 
 
 def ping_group_range() -> tuple[int, int] | None:
@@ -84,13 +82,18 @@ def ping_group_admits_me() -> bool:
 
 
 def fast_checksum(data: bytes) -> int:
-    """RFC 1071 checksum, the 16-bit word sum done by struct in C."""
+    """RFC 1071 checksum, computed in C.
+
+    The one's-complement sum of 16-bit words is the big-endian number modulo
+    0xFFFF (2**16 = 1 mod 0xFFFF), except that a non-zero sum is 0xFFFF, not 0.
+    """
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
+    value = int.from_bytes(data, "big")
+    total = value % 0xFFFF
+    if total == 0 and value:
+        total = 0xFFFF
+    return ~total & 0xFFFF
 
 
 class _EchoMixin:
@@ -104,13 +107,11 @@ class _EchoMixin:
     _ICMP_ECHO_REPLY: int
     ident: int
 
+    _ICMP_ECHO_REQUEST: int
+
     if TYPE_CHECKING:  # provided by icmplib's classes, later in the MRO
 
-        def _create_packet(self, id: int, sequence: int, payload: bytes) -> bytes: ...
         def close(self) -> None: ...
-
-    def _checksum(self, data: bytes) -> int:  # overrides icmplib's Python loop
-        return fast_checksum(data)
 
     def _prepare(self) -> None:
         sock = self._sock
@@ -138,39 +139,59 @@ class _EchoMixin:
     def sockaddr(self, address: str) -> tuple[Any, ...]:
         raise NotImplementedError
 
-    def build_request(self, sequence: int, payload: bytes) -> bytes:
-        return self._create_packet(self.ident, sequence, payload)
+    def request_builder(self, token: bytes, payload_size: int) -> RequestBuilder:
+        """A function (sequence, counter) -> echo request, for the hot send path.
 
-    def send_packet(self, packet: bytes, sockaddr: tuple[Any, ...]) -> None:
-        self._sock.sendto(packet, sockaddr)
+        Same packet as ``_create_packet(ident, sequence, token + counter + zeros)``,
+        in one ``struct.pack``.
+        """
+        layout = struct.Struct(f"!BBHHH8sQ{payload_size - PAYLOAD_HEADER.size}x")
+        echo, ident, pack = self._ICMP_ECHO_REQUEST, self.ident, layout.pack
+        if not self._privileged:
+            return lambda sequence, counter: pack(echo, 0, 0, 0, sequence, token, counter)
+
+        def build(sequence: int, counter: int) -> bytes:
+            checksum = fast_checksum(pack(echo, 0, 0, ident, sequence, token, counter))
+            return pack(echo, 0, checksum, ident, sequence, token, counter)
+
+        return build
+
+    @property
+    def sendto(self) -> Callable[[bytes, tuple[Any, ...]], int]:
+        return self._sock.sendto
 
     def drain(self, limit: int = 4096) -> list[EchoReply]:
-        """Every echo reply waiting in the socket (up to ``limit``), without blocking."""
+        """Every echo reply waiting in the socket (up to ``limit``), without blocking.
+
+        Replies come as plain tuples (source, sequence, token, counter,
+        received_ns); anything else (other ICMP types, another raw socket's
+        id, runts) is skipped.
+        """
         replies: list[EchoReply] = []
-        sock = self._sock
-        payload_at = (self._ICMP_HEADER_OFFSET if self._privileged else 0) + 8
-        unpack_header = struct.Struct("!BBHHH").unpack_from
-        unpack_payload = PAYLOAD_HEADER.unpack_from
+        append = replies.append
+        recvmsg = self._sock.recvmsg
+        header_at = self._ICMP_HEADER_OFFSET if self._privileged else 0
+        size = header_at + _ECHO_REPLY.size
+        unpack = _ECHO_REPLY.unpack_from
+        unpack_stamp = _TIMESPEC.unpack_from
         echo_reply = self._ICMP_ECHO_REPLY
+        ident = self.ident if self._privileged else -1
         for _ in range(limit):
             try:
-                data, ancdata, _flags, addr = sock.recvmsg(2048, _ANCILLARY_SPACE)
+                data, ancdata, _flags, addr = recvmsg(2048, _ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
-            if len(data) < payload_at + PAYLOAD_HEADER.size:
+            if len(data) < size:
                 continue
-            icmp_type, _code, _sum, ident, sequence = unpack_header(data, payload_at - 8)
-            if icmp_type != echo_reply or (self._privileged and ident != self.ident):
+            icmp_type, _code, _sum, reply_id, sequence, token, counter = unpack(data, header_at)
+            if icmp_type != echo_reply or (ident >= 0 and reply_id != ident):
                 continue
-            token, counter = unpack_payload(data, payload_at)
-            stamp = 0
-            for level, kind, value in ancdata:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = _TIMESPEC.unpack_from(value)
-                    stamp = sec * 1_000_000_000 + nsec
-            replies.append(
-                EchoReply(addr[0], ident, sequence, token, counter, stamp or time.time_ns())
-            )
+            if ancdata and ancdata[0][1] == SO_TIMESTAMPNS:
+                sec, nsec = unpack_stamp(ancdata[0][2])
+                stamp = sec * 1_000_000_000 + nsec
+            else:
+                stamp = time.time_ns()
+            append((addr[0], sequence, token, counter, stamp))
         return replies
 
 

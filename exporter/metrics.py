@@ -1,9 +1,10 @@
-"""The metric contract (docs/metrics.md), rendered from live state at each scrape.
+"""Self-metrics and histograms (docs/metrics.md), read from live state at each scrape.
 
 A custom collector in the prometheus_client style: nothing is stored in
-prometheus_client objects; every scrape or textfile write walks the peer table
-and the engine's counters. A peer removed from the table is simply not walked,
-so its series disappear at once — no stale label sets to delete.
+prometheus_client objects; every scrape or textfile write reads the engine's
+counters and the peer table. The per-peer counters and gauges are rendered by
+exposition.PeerRenderer. A peer removed from the table is simply not walked,
+so its series disappear at once; there are no stale label sets to delete.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .discovery import DiscoveryState
 from .engine import EngineStats
-from .peers import Peer, PeerKind, PeerTable
+from .exposition import NODE_LABELS
+from .peers import PeerKind, PeerTable
 from .stats import Histogram
 from .textfile import TextfileWriter
-
-NODE_LABELS = ["source_node", "destination_node", "destination_node_ip_address"]
-EXTERNAL_LABELS = ["source_node", "destination_name", "destination_host"]
 
 
 @dataclass
@@ -43,67 +42,6 @@ class AgentState:
     resolve_errors: dict[str, int] = field(default_factory=dict)
     exceptions: int = 0
     textfile: TextfileWriter | None = None
-
-
-class PeerFamilies:
-    """The per-peer families of one prefix (kube_node_ping or external_ping)."""
-
-    def __init__(self, prefix: str, labels: list[str]) -> None:
-        self.sent = CounterMetricFamily(
-            f"{prefix}_packets_sent_total",
-            "Echo requests resolved (answered or timed out).",
-            labels=labels,
-        )
-        self.received = CounterMetricFamily(
-            f"{prefix}_packets_received_total",
-            "Echo replies received within the timeout.",
-            labels=labels,
-        )
-        self.rtt_sum = CounterMetricFamily(
-            f"{prefix}_rtt_milliseconds_total",
-            "Sum of round-trip times of received replies, ms.",
-            labels=labels,
-        )
-        self.rtt_squared_sum = CounterMetricFamily(
-            f"{prefix}_rtt_squared_milliseconds_total",
-            "Sum of squared round-trip times, ms² (for mdev over any window).",
-            labels=labels,
-        )
-        self.rtt_min = GaugeMetricFamily(
-            f"{prefix}_rtt_min", "Minimum RTT over the last --window probes, ms.", labels=labels
-        )
-        self.rtt_max = GaugeMetricFamily(
-            f"{prefix}_rtt_max", "Maximum RTT over the last --window probes, ms.", labels=labels
-        )
-        self.rtt_mdev = GaugeMetricFamily(
-            f"{prefix}_rtt_mdev",
-            "RTT mean deviation (as iputils ping) over the last --window probes, ms.",
-            labels=labels,
-        )
-
-    def add(self, values: list[str], peer: Peer) -> None:
-        sent, received, rtt_sum, rtt_sq = peer.stats.counters()
-        self.sent.add_metric(values, sent)
-        self.received.add_metric(values, received)
-        self.rtt_sum.add_metric(values, rtt_sum)
-        self.rtt_squared_sum.add_metric(values, rtt_sq)
-        summary = peer.stats.window_summary()
-        if summary is not None:  # no reply in the window: the gauges are absent, never 0
-            low, high, mdev = summary
-            self.rtt_min.add_metric(values, low)
-            self.rtt_max.add_metric(values, high)
-            self.rtt_mdev.add_metric(values, mdev)
-
-    def all(self) -> list[Metric]:
-        return [
-            self.sent,
-            self.received,
-            self.rtt_sum,
-            self.rtt_squared_sum,
-            self.rtt_min,
-            self.rtt_max,
-            self.rtt_mdev,
-        ]
 
 
 def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
@@ -123,26 +61,16 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self.state
         me = state.node_name
-        peers = state.table.snapshot()
-        node = PeerFamilies("kube_node_ping", NODE_LABELS)
-        external = PeerFamilies("external_ping", EXTERNAL_LABELS)
-        per_peer = _histogram(
-            "kube_node_ping_peer_rtt_seconds",
-            "RTT of received replies per peer, seconds (opt-in).",
-            NODE_LABELS,
-        )
-        for peer in peers:
-            key = peer.key
-            if key.kind is PeerKind.NODE:
-                values = [me, key.name, key.address]
-                node.add(values, peer)
-                if peer.stats.histogram is not None:
-                    _add_histogram(per_peer, values, peer.stats.histogram)
-            else:
-                external.add([me, key.name, key.host], peer)
-        yield from node.all()
-        yield from external.all()
         if self.per_peer_histogram:
+            per_peer = _histogram(
+                "kube_node_ping_peer_rtt_seconds",
+                "RTT of received replies per peer, seconds (opt-in).",
+                list(NODE_LABELS),
+            )
+            for peer in state.table.snapshot():
+                key = peer.key
+                if key.kind is PeerKind.NODE and peer.stats.histogram is not None:
+                    _add_histogram(per_peer, [me, key.name, key.address], peer.stats.histogram)
             yield per_peer
         yield from self._engine_metrics(me)
         yield from self._self_metrics(me)

@@ -34,10 +34,10 @@ class PeerKey:
     name: str  # node name, or the external target's name
     address: str  # IP address, normalised (ipaddress.ip_address(...).compressed)
     host: str = ""  # external targets: the configured host (IP or DNS name)
+    family: int = field(init=False, compare=False)  # 4 or 6, derived from address
 
-    @property
-    def family(self) -> int:
-        return ipaddress.ip_address(self.address).version
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "family", ipaddress.ip_address(self.address).version)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Served from a thread so that a slow scrape never delays the prober's sends.
 ``/metrics`` negotiates Prometheus text or OpenMetrics from the Accept header
-(prometheus_client's encoders).
+(exposition.Exposition).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from .exposition import Render
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class _Server6(_Server):
 
 
 def make_server(
-    host: str, port: int, registry: CollectorRegistry, healthy: Check, ready: Check
+    host: str, port: int, render: Render, healthy: Check, ready: Check
 ) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -51,8 +50,8 @@ def make_server(
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, content_type, encoder(registry))
+                body, content_type = render(self.headers.get("Accept", ""))
+                self._reply(200, content_type, body)
             elif path in ("/healthz", "/readyz"):
                 ok, why = (healthy if path == "/healthz" else ready)()
                 self._reply(200 if ok else 503, "text/plain; charset=utf-8", why.encode() + b"\n")

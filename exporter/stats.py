@@ -13,6 +13,7 @@ writer bumps ``sent`` first, so a reader never sees more replies than probes.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
 
@@ -62,12 +63,12 @@ class Histogram:
         return out, self.sum_seconds
 
 
-def window_summary(rtts: Sequence[float | None]) -> tuple[float, float, float] | None:
-    """min, max and mdev (ms) of the replies in a window; None when it holds none.
+def window_summary(rtts: Sequence[float]) -> tuple[float, float, float] | None:
+    """min, max and mdev (ms) of the replies in a window (NaN = lost); None if no reply.
 
     mdev is iputils ping's: sqrt(mean(rtt²) - mean(rtt)²).
     """
-    replies = [r for r in rtts if r is not None]
+    replies = [r for r in rtts if r == r]  # NaN != NaN
     if not replies:
         return None
     n = len(replies)
@@ -94,9 +95,9 @@ class PeerStats:
         self.received = 0
         self.rtt_ms_sum = 0.0
         self.rtt_ms_squared_sum = 0.0
-        # Ring of the last `window` outcomes: RTT in ms, or None for a lost probe.
-        # Starts empty-filled so a new peer has no min/max/mdev until a reply.
-        self._window: list[float | None] = [None] * window
+        # Ring of the last `window` outcomes: RTT in ms, or NaN for a lost probe.
+        # Starts all-NaN so a new peer has no min/max/mdev until a reply.
+        self._window = array("d", [math.nan]) * window
         self._window_pos = 0
         self.histogram = Histogram() if per_peer_histogram else None
 
@@ -111,9 +112,9 @@ class PeerStats:
 
     def record_loss(self) -> None:
         self.sent += 1
-        self._push(None)
+        self._push(math.nan)
 
-    def _push(self, value: float | None) -> None:
+    def _push(self, value: float) -> None:
         self._window[self._window_pos] = value
         self._window_pos = (self._window_pos + 1) % len(self._window)
 
@@ -125,4 +126,4 @@ class PeerStats:
         return self.sent, received, rtt_sum, rtt_sq
 
     def window_summary(self) -> tuple[float, float, float] | None:
-        return window_summary(list(self._window))
+        return window_summary(self._window.tolist())

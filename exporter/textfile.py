@@ -15,9 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from .config import ConfigError
+from .exposition import Render
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +34,9 @@ def check_directory(directory: Path) -> None:
 
 
 class TextfileWriter:
-    def __init__(self, path: Path, registry: CollectorRegistry) -> None:
+    def __init__(self, path: Path, render: Render) -> None:
         self.path = path
-        self.registry = registry
+        self.render = render
         self.write_errors = 0
         self._changed = asyncio.Event()
         self._stopping = False
@@ -47,7 +46,7 @@ class TextfileWriter:
         self.path.unlink(missing_ok=True)
 
     def write(self) -> None:
-        data = generate_latest(self.registry)
+        data, _ = self.render("")  # Prometheus text format
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:

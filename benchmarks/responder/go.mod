@@ -1,0 +1,3 @@
+module nodepingexporter/benchmarks/responder
+
+go 1.22
