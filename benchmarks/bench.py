@@ -135,7 +135,7 @@ def run_fping(
     log = work / f"fping-{peers}.txt"
     with open(log, "w") as out:
         proc = net.agent.popen(
-            ["stdbuf", "-oL", "fping", "-l", "-D", "-p", "1000", "-t", "1000", "-i", f"{interval_ms:.3f}",
+            ["fping", "-l", "-D", "-p", "1000", "-t", "1000", "-i", f"{interval_ms:.3f}",
              "-f", str(targets)], stdout=out, stderr=subprocess.DEVNULL)
         start_wall = time.time() + WARMUP_SECONDS
         start = time.monotonic() + WARMUP_SECONDS
@@ -148,7 +148,7 @@ def run_fping(
             responder.send_signal(signal.SIGUSR2)
             rss = peak_rss_mb(proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)  # fping exits cleanly and flushes its output
             proc.wait(timeout=10)
     rtts = []
     for line in log.read_text().splitlines():

@@ -32,8 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .icmp import EchoReply, EchoSocket, RequestBuilder
-from .peers import Peer, PeerKind, PeerTable
-from .stats import Histogram
+from .peers import Peer, PeerTable
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ class EngineStats:
         self.late_replies = 0
         self.duplicate_replies = 0
         self.probes_resolved = 0
-        self.histogram = Histogram()  # all node peers of this source
-        self.external_histogram = Histogram()
         self.heartbeat = time.monotonic()  # last time the sender ran
         self._lag_now = 0.0
         self._lag_before = 0.0
@@ -258,13 +255,7 @@ class Prober:
             slot_state[sequence] = ANSWERED
             rtt_ms = max(rtt_ns, 0) / 1e6
             peer.stats.record_reply(rtt_ms)
-            self._histogram_for(peer).observe(rtt_ms / 1000.0)
             stats.probes_resolved += 1
-
-    def _histogram_for(self, peer: Peer) -> Histogram:
-        if peer.key.kind is PeerKind.EXTERNAL:
-            return self.stats.external_histogram
-        return self.stats.histogram
 
     # -- timeouts -----------------------------------------------------------
 

@@ -81,12 +81,12 @@ class AgentCollector(Collector):
             (
                 "kube_node_ping_rtt_seconds",
                 "RTT of received replies from all peer nodes, seconds.",
-                engine.histogram,
+                self.state.table.histograms[PeerKind.NODE],
             ),
             (
                 "external_ping_rtt_seconds",
                 "RTT of received replies from external targets, seconds.",
-                engine.external_histogram,
+                self.state.table.histograms[PeerKind.EXTERNAL],
             ),
         ):
             family = _histogram(name, doc, ["source_node"])

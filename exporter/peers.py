@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .stats import PeerStats
+from .stats import Histogram, PeerStats
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class PeerTable:
         self._window = window
         self._per_peer_histogram = per_peer_histogram
         self._peers: dict[PeerKey, Peer] = {}
+        # RTT histogram over all peers of a kind (kube_node_ping_rtt_seconds, ...).
+        self.histograms = {kind: Histogram() for kind in PeerKind}
         self._on_change = on_change
         self.discovered_nodes = 0  # nodes known before sampling, self excluded
 
@@ -98,7 +100,7 @@ class PeerTable:
         for key in sorted(added):
             self._peers[key] = Peer(
                 key=key,
-                stats=PeerStats(self._window, self._per_peer_histogram),
+                stats=PeerStats(self._window, self.histograms[key.kind], self._per_peer_histogram),
                 offset=stable_fraction(key.kind.value, key.name, key.address),
             )
         if removed or added:

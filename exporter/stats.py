@@ -81,8 +81,10 @@ class PeerStats:
     """Everything measured for one peer address since it joined the peer table."""
 
     __slots__ = (
+        "_histograms",
         "_window",
         "_window_pos",
+        "_window_size",
         "histogram",
         "received",
         "rtt_ms_squared_sum",
@@ -90,7 +92,9 @@ class PeerStats:
         "sent",
     )
 
-    def __init__(self, window: int, per_peer_histogram: bool = False) -> None:
+    def __init__(
+        self, window: int, aggregate: Histogram | None = None, per_peer_histogram: bool = False
+    ) -> None:
         self.sent = 0
         self.received = 0
         self.rtt_ms_sum = 0.0
@@ -99,24 +103,29 @@ class PeerStats:
         # Starts all-NaN so a new peer has no min/max/mdev until a reply.
         self._window = array("d", [math.nan]) * window
         self._window_pos = 0
+        self._window_size = window
         self.histogram = Histogram() if per_peer_histogram else None
+        # Every reply also lands in the source's aggregate histogram for its kind.
+        self._histograms = tuple(h for h in (aggregate, self.histogram) if h is not None)
 
     def record_reply(self, rtt_ms: float) -> None:
+        # Runs once per reply: written out rather than split into helpers.
         self.sent += 1
         self.received += 1
         self.rtt_ms_sum += rtt_ms
         self.rtt_ms_squared_sum += rtt_ms * rtt_ms
-        self._push(rtt_ms)
-        if self.histogram is not None:
-            self.histogram.observe(rtt_ms / 1000.0)
+        position = self._window_pos
+        self._window[position] = rtt_ms
+        self._window_pos = (position + 1) % self._window_size
+        seconds = rtt_ms / 1000.0
+        for histogram in self._histograms:
+            histogram.observe(seconds)
 
     def record_loss(self) -> None:
         self.sent += 1
-        self._push(math.nan)
-
-    def _push(self, value: float) -> None:
-        self._window[self._window_pos] = value
-        self._window_pos = (self._window_pos + 1) % len(self._window)
+        position = self._window_pos
+        self._window[position] = math.nan
+        self._window_pos = (position + 1) % self._window_size
 
     def counters(self) -> tuple[int, int, float, float]:
         """(sent, received, rtt sum, rtt² sum), read so that received ≤ sent."""

@@ -1,0 +1,226 @@
+"""The real agent, real ICMP through the kernel, in network namespaces this test creates.
+
+Targets are answered by the kernel in the ``hosts`` namespace; nftables rules
+there inject loss. Everything is skipped, with the reason, when namespaces
+cannot be created (not root, or iproute2/nftables missing).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.targets import TargetNetwork, target_v4, target_v6
+
+from .conftest import AgentProcess, needs_netns, parse_metrics, select, value, wait_for, write_peers
+
+pytestmark = needs_netns
+
+SENT = "kube_node_ping_packets_sent_total"
+RECEIVED = "kube_node_ping_packets_received_total"
+UNROUTABLE = "198.19.0.1"  # no route in the agent namespace: sendto fails, nothing leaves
+
+
+@pytest.fixture
+def loss_rules(net: TargetNetwork) -> Iterator[Callable[[str], None]]:
+    """Install nftables rules in the hosts namespace; removed after the test."""
+    table = "npe_test"
+
+    def install(rules: str) -> None:
+        net.hosts.run("nft", "delete", "table", "inet", table, check=False)
+        body = "\n".join(r.strip() for r in rules.split(";") if r.strip())
+        net.hosts.nft(f"table inet {table} {{\nchain input {{\n"
+                      f"type filter hook input priority 0;\n{body}\n}}\n}}\n")
+
+    yield install
+    net.hosts.run("nft", "delete", "table", "inet", table, check=False)
+
+
+def loss(samples: dict, name: str) -> float:  # type: ignore[type-arg]
+    sent = value(samples, SENT, destination_node=name)
+    received = value(samples, RECEIVED, destination_node=name)
+    assert sent, f"nothing resolved for {name}"
+    return 1 - (received or 0) / sent
+
+
+def test_loss_per_peer_and_gauges_absent_on_total_loss(
+    agent_factory: Callable[..., AgentProcess], loss_rules: Callable[[str], None], tmp_path: Path
+) -> None:
+    ok, lossy, dead = target_v4(1), target_v4(2), target_v4(3)
+    loss_rules(f"ip daddr {lossy} icmp type echo-request numgen random mod 100 < 50 drop; "
+               f"ip daddr {dead} icmp type echo-request drop")
+    peers = tmp_path / "nodes.json"
+    write_peers(peers, {"ok": ok, "lossy": lossy, "dead": dead, "ipv6": target_v6(1),
+                        "unroutable": UNROUTABLE})
+    agent = agent_factory("--discovery", "file", "--peers-file", str(peers),
+                          "--interval", "0.05", "--timeout", "0.3", "--window", "20")
+    agent.wait_ready()
+    wait_for(lambda: (value(agent.metrics(), SENT, destination_node="lossy") or 0) >= 150, 20,
+             "150 probes to the lossy peer")
+    samples = agent.metrics()
+
+    assert loss(samples, "ok") == 0
+    assert loss(samples, "ipv6") == 0
+    assert 0.35 <= loss(samples, "lossy") <= 0.65  # 50 % injected; ±3σ at 150 probes
+    assert loss(samples, "dead") == 1
+    assert loss(samples, "unroutable") == 1
+    for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+        assert value(samples, gauge, destination_node="ok") is not None
+        assert value(samples, gauge, destination_node="ipv6") is not None
+        assert value(samples, gauge, destination_node="dead") is None  # absent, never 0
+    low = value(samples, "kube_node_ping_rtt_min", destination_node="ok")
+    high = value(samples, "kube_node_ping_rtt_max", destination_node="ok")
+    assert low is not None and high is not None and 0 < low <= high < 50
+    assert value(samples, "kube_node_ping_send_errors_total", reason="ENETUNREACH")
+    assert value(samples, "kube_node_ping_build_info", icmp_mode="unprivileged") == 1
+    assert value(samples, "kube_node_ping_peers", kind="node") == 5
+    labels = next(iter(select(samples, SENT, destination_node="ipv6")))
+    assert dict(labels) == {"source_node": "agent", "destination_node": "ipv6",
+                            "destination_node_ip_address": target_v6(1)}
+    # The aggregate histogram counts every reply from every node peer.
+    replies = sum(select(samples, RECEIVED).values())
+    assert value(samples, "kube_node_ping_rtt_seconds_count") == replies
+
+
+def test_endpoints_and_content_negotiation(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = agent_factory("--peer", f"a={target_v4(1)}", "--interval", "0.1")
+    agent.wait_ready()
+    assert agent.get("/healthz") == (200, "ok\n")
+    status, body = agent.get("/readyz")
+    assert status == 200 and body.startswith("ok: 1 peers")
+    status, body = agent.get("/metrics", accept="application/openmetrics-text;version=1.0.0")
+    assert status == 200 and body.rstrip().endswith("# EOF")
+    assert "# TYPE kube_node_ping_packets_sent counter" in body
+    assert "process_resident_memory_bytes" in body
+    assert agent.get("/nope")[0] == 404
+
+
+def test_peer_removal_and_hot_reload(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    peers = tmp_path / "nodes.json"
+    write_peers(peers, {"a": target_v4(1), "b": target_v4(2)})
+    agent = agent_factory("--discovery", "file", "--peers-file", str(peers),
+                          "--peers-file-poll-interval", "0.2", "--interval", "0.2")
+    agent.wait_ready()
+    wait_for(lambda: value(agent.metrics(), SENT, destination_node="b"), 5, "b probed")
+
+    write_peers(peers, {"a": target_v4(1)})  # b leaves: its series go within poll + interval
+    wait_for(lambda: not select(agent.metrics(), SENT, destination_node="b"), 1.0, "b gone")
+    samples = agent.metrics()
+    assert not any(("destination_node", "b") in labels for _, labels in samples)
+    assert value(samples, "kube_node_ping_peers", kind="node") == 1
+
+    peers.write_text('[{"name": "a", "ipAddress": "not-an-ip"}]')  # malformed reload
+    wait_for(lambda: value(agent.metrics(), "kube_node_ping_discovery_up") == 0, 3,
+             "discovery marked failing")
+    before = value(agent.metrics(), SENT, destination_node="a") or 0
+    time.sleep(0.6)
+    samples = agent.metrics()
+    assert (value(samples, SENT, destination_node="a") or 0) > before  # last good list kept
+    assert value(samples, "kube_node_ping_discovery_errors_total", source="file") == 1
+    assert agent.get("/readyz")[0] == 200  # still probing the last good peers
+
+    write_peers(peers, {"a": target_v4(1), "c": target_v4(3)})
+    wait_for(lambda: value(agent.metrics(), SENT, destination_node="c"), 3, "c probed")
+    assert value(agent.metrics(), "kube_node_ping_discovery_up") == 1
+
+
+def test_textfile_is_atomic_and_only_our_file_is_touched(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    ours = textfiles / "node-ping_agent.prom"
+    ours.write_text("stale from an earlier run\n")
+    theirs = textfiles / "other-exporter.prom"
+    theirs.write_text("other_metric 1\n")
+    peers = tmp_path / "nodes.json"
+    write_peers(peers, {f"n{i}": target_v4(i) for i in range(1, 301)})
+    agent = agent_factory("--discovery", "file", "--peers-file", str(peers), "--output",
+                          "textfile", "--textfile-dir", str(textfiles), "--textfile-interval",
+                          "0.01", "--interval", "0.5")
+    wait_for(lambda: ours.exists() and "kube_node_ping_build_info" in ours.read_text(), 10,
+             f"first textfile write; agent output: {agent.output()}")
+    reads = 0
+    sizes = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        text = ours.read_text()
+        samples = parse_metrics(text)  # raises on a torn file
+        assert value(samples, "kube_node_ping_build_info") == 1, "file cut short"
+        assert len(select(samples, SENT)) == 300
+        assert not select(samples, "process_resident_memory_bytes")  # node-exporter has its own
+        sizes.add(len(text))
+        reads += 1
+    assert reads > 20 and len(sizes) > 5  # the file really changed under the reader
+    assert theirs.read_text() == "other_metric 1\n"
+    assert agent.stop() == 0
+    assert sorted(p.name for p in textfiles.iterdir()) == ["node-ping_agent.prom",
+                                                             "other-exporter.prom"]
+
+
+def test_sigterm_stops_within_2s_and_finishes_the_textfile(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = agent_factory("--peer", f"a={target_v4(1)}", "--output", "both", "--textfile-dir",
+                          str(tmp_path), "--interval", "0.1")
+    agent.wait_ready()
+    started = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    code = agent.proc.wait(timeout=5)
+    took = time.monotonic() - started
+    assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s: {agent.output()}"
+    samples = parse_metrics((tmp_path / "node-ping_agent.prom").read_text())
+    assert value(samples, "kube_node_ping_build_info") == 1
+
+
+def test_external_targets_and_failed_lookups(
+    agent_factory: Callable[..., AgentProcess]
+) -> None:
+    """A DNS name resolved through /etc/hosts; a name that cannot resolve is counted, not fatal.
+
+    The agent namespace has no route off the machine, so the failed lookup
+    cannot reach any real DNS server.
+    """
+    agent = agent_factory("--peer", f"a={target_v4(1)}", "--external-target", "lo=localhost",
+                          "--external-target", "gone=no-such-host.invalid", "--external-target",
+                          f"ip={target_v4(9)}", "--interval", "0.1")
+    agent.wait_ready()
+    wait_for(lambda: value(agent.metrics(), "external_ping_packets_received_total",
+                           destination_name="ip"), 5, "external target probed")
+    samples = agent.metrics()
+    assert value(samples, "external_ping_packets_received_total", destination_name="lo",
+                 destination_host="localhost")
+    assert value(samples, "external_ping_resolve_errors_total", destination_name="gone") >= 1  # type: ignore[operator]
+    assert not select(samples, "external_ping_packets_sent_total", destination_name="gone")
+    assert value(samples, "kube_node_ping_peers", kind="external") == 2
+    assert value(samples, "kube_node_ping_peers", kind="node") == 1
+
+
+def test_crosstalk_raw_sockets_with_equal_ids(net: TargetNetwork) -> None:
+    """Two probers with raw sockets, the same ICMP id and the same sequence numbers.
+
+    Every raw socket sees every reply. Prober B's requests (bigger payload) are
+    dropped by nftables, prober A's are answered: B must still see 100 % loss.
+    This is icmplib #87's failure (dead peers reported alive), forced.
+    """
+    script = Path(__file__).with_name("crosstalk_probe.py")
+    table = "npe_crosstalk"
+    net.hosts.nft(f"table inet {table} {{\nchain input {{\ntype filter hook input priority 0;\n"
+                  f"ip daddr {target_v4(5)} icmp type echo-request ip length > 100 drop\n}}\n}}\n")
+    try:
+        out = net.agent.run("python3", str(script), target_v4(5))
+    finally:
+        net.hosts.run("nft", "delete", "table", "inet", table, check=False)
+    result = json.loads(out)
+    assert result["same_ident"] and result["a_sent"] >= 20 and result["b_sent"] >= 20
+    assert result["a_received"] == result["a_sent"]
+    assert result["b_received"] == 0
