@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.netns import can_create_namespaces, sh
+from lab.netns import can_create_namespaces
 from lab.targets import TargetNetwork, target_v4
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +53,9 @@ class Result:
 
 def build_responder(out_dir: Path) -> Path:
     binary = out_dir / "responder"
-    result = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=RESPONDER_SRC,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["go", "build", "-o", str(binary), "."], cwd=RESPONDER_SRC, capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"bench: cannot build the responder: {result.stderr.strip()}")
     return binary
@@ -87,18 +88,38 @@ def run_agent(
     net: TargetNetwork, peers: int, seconds: float, work: Path, responder: subprocess.Popen[bytes]
 ) -> Result:
     peers_file = work / "nodes.json"
-    peers_file.write_text(json.dumps(
-        [{"name": f"t{i}", "ipAddress": target_v4(i)} for i in range(1, peers + 1)]))
+    peers_file.write_text(
+        json.dumps([{"name": f"t{i}", "ipAddress": target_v4(i)} for i in range(1, peers + 1)])
+    )
     out = work / f"agent-{peers}.json"
     start = time.monotonic() + WARMUP_SECONDS
     end = start + seconds
     proc = net.agent.popen(
-        [sys.executable, "-m", "benchmarks.agent_probe", "--window", str(start), str(end),
-         "--out", str(out), "--",
-         "--node-name", "bench", "--discovery", "file", "--peers-file", str(peers_file),
-         "--icmp-mode", "unprivileged", "--listen-address", f"127.0.0.1:{PORT}",
-         "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.agent_probe",
+            "--window",
+            str(start),
+            str(end),
+            "--out",
+            str(out),
+            "--",
+            "--node-name",
+            "bench",
+            "--discovery",
+            "file",
+            "--peers-file",
+            str(peers_file),
+            "--icmp-mode",
+            "unprivileged",
+            "--listen-address",
+            f"127.0.0.1:{PORT}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         sleep_until(start)
@@ -109,8 +130,15 @@ def run_agent(
         responder.send_signal(signal.SIGUSR2)
         renders = []
         for _ in range(5):
-            took = net.agent.run("curl", "-s", "-o", "/dev/null", "-w", "%{time_total}",
-                                 f"http://127.0.0.1:{PORT}/metrics")
+            took = net.agent.run(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_total}",
+                f"http://127.0.0.1:{PORT}/metrics",
+            )
             renders.append(float(took) * 1000)
         rss = peak_rss_mb(proc.pid)
     finally:
@@ -118,9 +146,17 @@ def run_agent(
         proc.wait(timeout=10)
     data = json.loads(out.read_text())
     rtts = data["rtts"]
-    return Result("node-ping-exporter", peers, cpu / data["resolved"] * 1000,
-                  data["resolved"] / seconds, peers, rss, statistics.median(rtts) if rtts else
-                  float("nan"), percentile(rtts, 0.99), statistics.median(renders))
+    return Result(
+        "node-ping-exporter",
+        peers,
+        cpu / data["resolved"] * 1000,
+        data["resolved"] / seconds,
+        peers,
+        rss,
+        statistics.median(rtts) if rtts else float("nan"),
+        percentile(rtts, 0.99),
+        statistics.median(renders),
+    )
 
 
 FPING_LINE = re.compile(r"^\[(?P<ts>[\d.]+)\] \S+\s+: \[\d+\], \d+ bytes, (?P<rtt>[\d.]+) ms")
@@ -135,8 +171,22 @@ def run_fping(
     log = work / f"fping-{peers}.txt"
     with open(log, "w") as out:
         proc = net.agent.popen(
-            ["fping", "-l", "-D", "-p", "1000", "-t", "1000", "-i", f"{interval_ms:.3f}",
-             "-f", str(targets)], stdout=out, stderr=subprocess.DEVNULL)
+            [
+                "fping",
+                "-l",
+                "-D",
+                "-p",
+                "1000",
+                "-t",
+                "1000",
+                "-i",
+                f"{interval_ms:.3f}",
+                "-f",
+                str(targets),
+            ],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
         start_wall = time.time() + WARMUP_SECONDS
         start = time.monotonic() + WARMUP_SECONDS
         try:
@@ -156,9 +206,17 @@ def run_fping(
         if match and start_wall <= float(match["ts"]) < start_wall + seconds:
             rtts.append(float(match["rtt"]))
     # fping in loop mode prints replies only: probes achieved = replies (no loss here).
-    return Result("fping -l", peers, cpu / max(len(rtts), 1) * 1000, len(rtts) / seconds,
-                  peers, rss, statistics.median(rtts) if rtts else float("nan"),
-                  percentile(rtts, 0.99), None)
+    return Result(
+        "fping -l",
+        peers,
+        cpu / max(len(rtts), 1) * 1000,
+        len(rtts) / seconds,
+        peers,
+        rss,
+        statistics.median(rtts) if rtts else float("nan"),
+        percentile(rtts, 0.99),
+        None,
+    )
 
 
 def table(results: list[Result], hold: dict[int, dict[str, float]]) -> str:
@@ -174,7 +232,8 @@ def table(results: list[Result], hold: dict[int, dict[str, float]]) -> str:
         lines.append(
             f"| {r.peers} | {r.tool} | {r.cpu_per_1000:.4f} | {r.achieved:.0f} / "
             f"{r.scheduled:.0f} | {r.rss_mb:.1f} | {r.rtt_median:.3f} | {r.rtt_p99:.3f} "
-            f"| {true:.3f} | {render} |")
+            f"| {true:.3f} | {render} |"
+        )
     return "\n".join(lines)
 
 
@@ -199,8 +258,9 @@ def main() -> None:
         net.hosts.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
         for peers in sizes:
             for runner in (run_agent, run_fping):
-                resp = net.hosts.popen([str(responder), "-delay", f"{args.delay_ms}ms"],
-                                       stderr=subprocess.PIPE)
+                resp = net.hosts.popen(
+                    [str(responder), "-delay", f"{args.delay_ms}ms"], stderr=subprocess.PIPE
+                )
                 time.sleep(0.3)
                 try:
                     result = runner(net, peers, args.seconds, work, resp)
@@ -210,15 +270,20 @@ def main() -> None:
                 results.append(result)
                 hold[id(result)] = json.loads(err.decode().strip().splitlines()[-1])
                 print(f"  {result.tool} at {peers} peers done", file=sys.stderr, flush=True)
-    print(f"\nOne probe per peer per second, {args.seconds:.0f} s window after "
-          f"{WARMUP_SECONDS:.0f} s warm-up, responder delay {args.delay_ms} ms, "
-          f"{os.cpu_count()} cores.\n")
+    print(
+        f"\nOne probe per peer per second, {args.seconds:.0f} s window after "
+        f"{WARMUP_SECONDS:.0f} s warm-up, responder delay {args.delay_ms} ms, "
+        f"{os.cpu_count()} cores.\n"
+    )
     print(table(results, hold))
     for peers in sizes:
         agent = next(r for r in results if r.peers == peers and r.render_ms is not None)
         fping = next(r for r in results if r.peers == peers and r.render_ms is None)
-        print(f"\n{peers} peers: CPU ratio agent/fping = "
-              f"{agent.cpu_per_1000 / fping.cpu_per_1000:.2f}", end="")
+        print(
+            f"\n{peers} peers: CPU ratio agent/fping = "
+            f"{agent.cpu_per_1000 / fping.cpu_per_1000:.2f}",
+            end="",
+        )
     print()
 
 

@@ -26,7 +26,7 @@ def can_create_namespaces() -> tuple[bool, str]:
     return True, ""
 
 
-def sh(args: Sequence[str], check: bool = True, input: str | None = None) -> str:  # noqa: A002
+def sh(args: Sequence[str], check: bool = True, input: str | None = None) -> str:
     result = subprocess.run(list(args), capture_output=True, text=True, input=input)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
@@ -47,7 +47,7 @@ class Namespace:
     def cmd(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]
 
-    def run(self, *args: str, check: bool = True, input: str | None = None) -> str:  # noqa: A002
+    def run(self, *args: str, check: bool = True, input: str | None = None) -> str:
         return sh(self.cmd(*args), check=check, input=input)
 
     def ip(self, *args: str) -> str:
@@ -68,8 +68,7 @@ class Namespace:
 
 def link(a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
     """A veth pair between two namespaces, both ends up."""
-    sh(["ip", "link", "add", a_if, "netns", a.name, "type", "veth", "peer", b_if,
-        "netns", b.name])
+    sh(["ip", "link", "add", a_if, "netns", a.name, "type", "veth", "peer", b_if, "netns", b.name])
     a.ip("link", "set", a_if, "up")
     b.ip("link", "set", b_if, "up")
 

@@ -45,7 +45,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return next(iter(found.values()), None)
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
+def wait_for(check: Callable[[], object], timeout: float, what: str, step: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -72,15 +72,25 @@ class AgentProcess:
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = net.agent.popen(
             [sys.executable, "-m", "exporter", "--listen-address", f"127.0.0.1:{port}", *args],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def get(self, path: str, accept: str = "") -> tuple[int, str]:
         headers = ["-H", f"Accept: {accept}"] if accept else []
         out = self.net.agent.run(
-            "curl", "-s", "-m", "5", *headers, "-w", "\n%{http_code}",
-            f"http://127.0.0.1:{self.port}{path}", check=False)
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            *headers,
+            "-w",
+            "\n%{http_code}",
+            f"http://127.0.0.1:{self.port}{path}",
+            check=False,
+        )
         body, _, code = out.rpartition("\n")
         return int(code or 0), body
 
@@ -90,8 +100,11 @@ class AgentProcess:
         return parse_metrics(body)
 
     def wait_ready(self, timeout: float = 15) -> None:
-        wait_for(lambda: self.alive() and self.get("/readyz")[0] == 200, timeout,
-                 f"agent ready; its output: {self.output()}")
+        wait_for(
+            lambda: self.alive() and self.get("/readyz")[0] == 200,
+            timeout,
+            f"agent ready; its output: {self.output()}",
+        )
 
     def alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -120,8 +133,9 @@ def agent_factory(net: TargetNetwork) -> Iterator[Callable[..., AgentProcess]]:
     ports = iter(range(19800 + os.getpid() % 100 * 10, 20900))
 
     def start(*args: str, env: dict[str, str] | None = None) -> AgentProcess:
-        agent = AgentProcess(net, ["--node-name", "agent", "--log-level", "debug", *args],
-                             next(ports), env or {})
+        agent = AgentProcess(
+            net, ["--node-name", "agent", "--log-level", "debug", *args], next(ports), env or {}
+        )
         started.append(agent)
         return agent
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.engine import Prober  # noqa: E402
-from exporter.icmp import open_echo_socket  # noqa: E402
-from exporter.peers import PeerKey, PeerKind, PeerTable  # noqa: E402
+from exporter.engine import Prober
+from exporter.icmp import open_echo_socket
+from exporter.peers import PeerKey, PeerKind, PeerTable
 
 
 async def main(address: str) -> None:
@@ -36,11 +36,17 @@ async def main(address: str) -> None:
         p.stop()
     await asyncio.gather(*tasks)
     (sa,), (sb,) = a.table.snapshot(), b.table.snapshot()
-    print(json.dumps({
-        "same_ident": a.sockets[4].ident == b.sockets[4].ident,
-        "a_sent": sa.stats.sent, "a_received": sa.stats.received,
-        "b_sent": sb.stats.sent, "b_received": sb.stats.received,
-    }))
+    print(
+        json.dumps(
+            {
+                "same_ident": a.sockets[4].ident == b.sockets[4].ident,
+                "a_sent": sa.stats.sent,
+                "a_received": sa.stats.received,
+                "b_sent": sb.stats.sent,
+                "b_received": sb.stats.received,
+            }
+        )
+    )
 
 
 asyncio.run(main(sys.argv[1]))

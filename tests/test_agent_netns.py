@@ -34,8 +34,10 @@ def loss_rules(net: TargetNetwork) -> Iterator[Callable[[str], None]]:
     def install(rules: str) -> None:
         net.hosts.run("nft", "delete", "table", "inet", table, check=False)
         body = "\n".join(r.strip() for r in rules.split(";") if r.strip())
-        net.hosts.nft(f"table inet {table} {{\nchain input {{\n"
-                      f"type filter hook input priority 0;\n{body}\n}}\n}}\n")
+        net.hosts.nft(
+            f"table inet {table} {{\nchain input {{\n"
+            f"type filter hook input priority 0;\n{body}\n}}\n}}\n"
+        )
 
     yield install
     net.hosts.run("nft", "delete", "table", "inet", table, check=False)
@@ -52,16 +54,33 @@ def test_loss_per_peer_and_gauges_absent_on_total_loss(
     agent_factory: Callable[..., AgentProcess], loss_rules: Callable[[str], None], tmp_path: Path
 ) -> None:
     ok, lossy, dead = target_v4(1), target_v4(2), target_v4(3)
-    loss_rules(f"ip daddr {lossy} icmp type echo-request numgen random mod 100 < 50 drop; "
-               f"ip daddr {dead} icmp type echo-request drop")
+    loss_rules(
+        f"ip daddr {lossy} icmp type echo-request numgen random mod 100 < 50 drop; "
+        f"ip daddr {dead} icmp type echo-request drop"
+    )
     peers = tmp_path / "nodes.json"
-    write_peers(peers, {"ok": ok, "lossy": lossy, "dead": dead, "ipv6": target_v6(1),
-                        "unroutable": UNROUTABLE})
-    agent = agent_factory("--discovery", "file", "--peers-file", str(peers),
-                          "--interval", "0.05", "--timeout", "0.3", "--window", "20")
+    write_peers(
+        peers,
+        {"ok": ok, "lossy": lossy, "dead": dead, "ipv6": target_v6(1), "unroutable": UNROUTABLE},
+    )
+    agent = agent_factory(
+        "--discovery",
+        "file",
+        "--peers-file",
+        str(peers),
+        "--interval",
+        "0.05",
+        "--timeout",
+        "0.3",
+        "--window",
+        "20",
+    )
     agent.wait_ready()
-    wait_for(lambda: (value(agent.metrics(), SENT, destination_node="lossy") or 0) >= 150, 20,
-             "150 probes to the lossy peer")
+    wait_for(
+        lambda: (value(agent.metrics(), SENT, destination_node="lossy") or 0) >= 150,
+        20,
+        "150 probes to the lossy peer",
+    )
     samples = agent.metrics()
 
     assert loss(samples, "ok") == 0
@@ -80,8 +99,11 @@ def test_loss_per_peer_and_gauges_absent_on_total_loss(
     assert value(samples, "kube_node_ping_build_info", icmp_mode="unprivileged") == 1
     assert value(samples, "kube_node_ping_peers", kind="node") == 5
     labels = next(iter(select(samples, SENT, destination_node="ipv6")))
-    assert dict(labels) == {"source_node": "agent", "destination_node": "ipv6",
-                            "destination_node_ip_address": target_v6(1)}
+    assert dict(labels) == {
+        "source_node": "agent",
+        "destination_node": "ipv6",
+        "destination_node_ip_address": target_v6(1),
+    }
     # The aggregate histogram counts every reply from every node peer.
     replies = sum(select(samples, RECEIVED).values())
     assert value(samples, "kube_node_ping_rtt_seconds_count") == replies
@@ -107,8 +129,16 @@ def test_peer_removal_and_hot_reload(
 ) -> None:
     peers = tmp_path / "nodes.json"
     write_peers(peers, {"a": target_v4(1), "b": target_v4(2)})
-    agent = agent_factory("--discovery", "file", "--peers-file", str(peers),
-                          "--peers-file-poll-interval", "0.2", "--interval", "0.2")
+    agent = agent_factory(
+        "--discovery",
+        "file",
+        "--peers-file",
+        str(peers),
+        "--peers-file-poll-interval",
+        "0.2",
+        "--interval",
+        "0.2",
+    )
     agent.wait_ready()
     wait_for(lambda: value(agent.metrics(), SENT, destination_node="b"), 5, "b probed")
 
@@ -119,8 +149,11 @@ def test_peer_removal_and_hot_reload(
     assert value(samples, "kube_node_ping_peers", kind="node") == 1
 
     peers.write_text('[{"name": "a", "ipAddress": "not-an-ip"}]')  # malformed reload
-    wait_for(lambda: value(agent.metrics(), "kube_node_ping_discovery_up") == 0, 3,
-             "discovery marked failing")
+    wait_for(
+        lambda: value(agent.metrics(), "kube_node_ping_discovery_up") == 0,
+        3,
+        "discovery marked failing",
+    )
     before = value(agent.metrics(), SENT, destination_node="a") or 0
     time.sleep(0.6)
     samples = agent.metrics()
@@ -144,11 +177,25 @@ def test_textfile_is_atomic_and_only_our_file_is_touched(
     theirs.write_text("other_metric 1\n")
     peers = tmp_path / "nodes.json"
     write_peers(peers, {f"n{i}": target_v4(i) for i in range(1, 301)})
-    agent = agent_factory("--discovery", "file", "--peers-file", str(peers), "--output",
-                          "textfile", "--textfile-dir", str(textfiles), "--textfile-interval",
-                          "0.01", "--interval", "0.5")
-    wait_for(lambda: ours.exists() and "kube_node_ping_build_info" in ours.read_text(), 10,
-             f"first textfile write; agent output: {agent.output()}")
+    agent = agent_factory(
+        "--discovery",
+        "file",
+        "--peers-file",
+        str(peers),
+        "--output",
+        "textfile",
+        "--textfile-dir",
+        str(textfiles),
+        "--textfile-interval",
+        "0.01",
+        "--interval",
+        "0.5",
+    )
+    wait_for(
+        lambda: ours.exists() and "kube_node_ping_build_info" in ours.read_text(),
+        10,
+        f"first textfile write; agent output: {agent.output()}",
+    )
     reads = 0
     sizes = set()
     deadline = time.monotonic() + 3
@@ -163,15 +210,25 @@ def test_textfile_is_atomic_and_only_our_file_is_touched(
     assert reads > 20 and len(sizes) > 5  # the file really changed under the reader
     assert theirs.read_text() == "other_metric 1\n"
     assert agent.stop() == 0
-    assert sorted(p.name for p in textfiles.iterdir()) == ["node-ping_agent.prom",
-                                                             "other-exporter.prom"]
+    assert sorted(p.name for p in textfiles.iterdir()) == [
+        "node-ping_agent.prom",
+        "other-exporter.prom",
+    ]
 
 
 def test_sigterm_stops_within_2s_and_finishes_the_textfile(
     agent_factory: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
-    agent = agent_factory("--peer", f"a={target_v4(1)}", "--output", "both", "--textfile-dir",
-                          str(tmp_path), "--interval", "0.1")
+    agent = agent_factory(
+        "--peer",
+        f"a={target_v4(1)}",
+        "--output",
+        "both",
+        "--textfile-dir",
+        str(tmp_path),
+        "--interval",
+        "0.1",
+    )
     agent.wait_ready()
     started = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
@@ -182,23 +239,39 @@ def test_sigterm_stops_within_2s_and_finishes_the_textfile(
     assert value(samples, "kube_node_ping_build_info") == 1
 
 
-def test_external_targets_and_failed_lookups(
-    agent_factory: Callable[..., AgentProcess]
-) -> None:
+def test_external_targets_and_failed_lookups(agent_factory: Callable[..., AgentProcess]) -> None:
     """A DNS name resolved through /etc/hosts; a name that cannot resolve is counted, not fatal.
 
     The agent namespace has no route off the machine, so the failed lookup
     cannot reach any real DNS server.
     """
-    agent = agent_factory("--peer", f"a={target_v4(1)}", "--external-target", "lo=localhost",
-                          "--external-target", "gone=no-such-host.invalid", "--external-target",
-                          f"ip={target_v4(9)}", "--interval", "0.1")
+    agent = agent_factory(
+        "--peer",
+        f"a={target_v4(1)}",
+        "--external-target",
+        "lo=localhost",
+        "--external-target",
+        "gone=no-such-host.invalid",
+        "--external-target",
+        f"ip={target_v4(9)}",
+        "--interval",
+        "0.1",
+    )
     agent.wait_ready()
-    wait_for(lambda: value(agent.metrics(), "external_ping_packets_received_total",
-                           destination_name="ip"), 5, "external target probed")
+    wait_for(
+        lambda: value(
+            agent.metrics(), "external_ping_packets_received_total", destination_name="ip"
+        ),
+        5,
+        "external target probed",
+    )
     samples = agent.metrics()
-    assert value(samples, "external_ping_packets_received_total", destination_name="lo",
-                 destination_host="localhost")
+    assert value(
+        samples,
+        "external_ping_packets_received_total",
+        destination_name="lo",
+        destination_host="localhost",
+    )
     assert value(samples, "external_ping_resolve_errors_total", destination_name="gone") >= 1  # type: ignore[operator]
     assert not select(samples, "external_ping_packets_sent_total", destination_name="gone")
     assert value(samples, "kube_node_ping_peers", kind="external") == 2
@@ -214,8 +287,10 @@ def test_crosstalk_raw_sockets_with_equal_ids(net: TargetNetwork) -> None:
     """
     script = Path(__file__).with_name("crosstalk_probe.py")
     table = "npe_crosstalk"
-    net.hosts.nft(f"table inet {table} {{\nchain input {{\ntype filter hook input priority 0;\n"
-                  f"ip daddr {target_v4(5)} icmp type echo-request ip length > 100 drop\n}}\n}}\n")
+    net.hosts.nft(
+        f"table inet {table} {{\nchain input {{\ntype filter hook input priority 0;\n"
+        f"ip daddr {target_v4(5)} icmp type echo-request ip length > 100 drop\n}}\n}}\n"
+    )
     try:
         out = net.agent.run("python3", str(script), target_v4(5))
     finally:

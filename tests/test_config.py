@@ -9,17 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, DiscoveryMode, Output, load_settings
+from exporter.config import ConfigError, DiscoveryMode, Output, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def settings(argv: list[str], env: dict[str, str] | None = None,
-             monkeypatch: pytest.MonkeyPatch | None = None):  # type: ignore[no-untyped-def]
+def settings(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> Settings:
     if monkeypatch is not None:
         for name in list(os.environ):
-            if name.startswith("NODE_PING_") or name in ("MY_NODE_NAME", "PROMETHEUS_TEXTFILE_DIR",
-                                                           "PROMETHEUS_TEXTFILE_PREFIX"):
+            if name.startswith("NODE_PING_") or name in (
+                "MY_NODE_NAME",
+                "PROMETHEUS_TEXTFILE_DIR",
+                "PROMETHEUS_TEXTFILE_PREFIX",
+            ):
                 monkeypatch.delenv(name)
         for name, val in (env or {}).items():
             monkeypatch.setenv(name, val)
@@ -36,31 +42,58 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.address_types == ["InternalIP"]
 
 
-def test_precedence_flags_over_env_over_file(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_flags_over_env_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("interval: 3\ntimeout: 0.5\nwindow: 10\nexternal_targets:\n"
-                      "  - {host: localhost, name: lh}\n")
-    s = settings(["--config", str(config), "--interval", "2"],
-                 {"NODE_PING_TIMEOUT": "0.25", "NODE_PING_INTERVAL": "5"}, monkeypatch)
+    config.write_text(
+        "interval: 3\ntimeout: 0.5\nwindow: 10\nexternal_targets:\n"
+        "  - {host: localhost, name: lh}\n"
+    )
+    s = settings(
+        ["--config", str(config), "--interval", "2"],
+        {"NODE_PING_TIMEOUT": "0.25", "NODE_PING_INTERVAL": "5"},
+        monkeypatch,
+    )
     assert (s.interval, s.timeout, s.window) == (2.0, 0.25, 10)
     assert [(t.name, t.host) for t in s.external_targets] == [("lh", "localhost")]
 
 
 def test_original_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = settings([], {"MY_NODE_NAME": "node-7", "PROMETHEUS_TEXTFILE_DIR": "/tf",
-                      "PROMETHEUS_TEXTFILE_PREFIX": "np_"}, monkeypatch)
+    s = settings(
+        [],
+        {
+            "MY_NODE_NAME": "node-7",
+            "PROMETHEUS_TEXTFILE_DIR": "/tf",
+            "PROMETHEUS_TEXTFILE_PREFIX": "np_",
+        },
+        monkeypatch,
+    )
     assert s.node_name == "node-7"
     assert str(s.textfile_path) == "/tf/np_node-7.prom"
 
 
 def test_lists_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = settings(["--peer", "a=127.0.0.1", "--peer", "b=::1", "--external-target", "dns=localhost",
-                  "--external-target", "127.0.0.9", "--address-types", "InternalIP,ExternalIP"],
-                 monkeypatch=monkeypatch)
+    s = settings(
+        [
+            "--peer",
+            "a=127.0.0.1",
+            "--peer",
+            "b=::1",
+            "--external-target",
+            "dns=localhost",
+            "--external-target",
+            "127.0.0.9",
+            "--address-types",
+            "InternalIP,ExternalIP",
+        ],
+        monkeypatch=monkeypatch,
+    )
     assert [(p.name, p.address) for p in s.peers] == [("a", "127.0.0.1"), ("b", "::1")]
-    assert [(t.name, t.host) for t in s.external_targets] == [("dns", "localhost"),
-                                                               ("127.0.0.9", "127.0.0.9")]
+    assert [(t.name, t.host) for t in s.external_targets] == [
+        ("dns", "localhost"),
+        ("127.0.0.9", "127.0.0.9"),
+    ]
     assert s.address_types == ["InternalIP", "ExternalIP"]
     s = settings([], {"NODE_PING_PEERS": "a=127.0.0.1, b=127.0.0.2"}, monkeypatch)
     assert [p.name for p in s.peers] == ["a", "b"]
@@ -69,14 +102,21 @@ def test_lists_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize(
     "argv, env, expected",
     [
-        (["--interval", "0"], {}, "invalid setting 'interval' (--interval / NODE_PING_INTERVAL): "
-                                  "Input should be greater than 0"),
+        (
+            ["--interval", "0"],
+            {},
+            "invalid setting 'interval' (--interval / NODE_PING_INTERVAL): "
+            "Input should be greater than 0",
+        ),
         (["--interval", "x"], {}, "'interval'"),
         ([], {"NODE_PING_TIMEOUT": "-1"}, "invalid setting 'timeout'"),
         (["--icmp-mode", "magic"], {}, "argument --icmp-mode: invalid choice: 'magic'"),
         (["--output", "syslog"], {}, "argument --output: invalid choice"),
-        (["--peer", "a=10.0.0.300"], {}, "'peers' (item 1) (--peer / NODE_PING_PEERS): "
-                                         "'10.0.0.300' is not an IP address"),
+        (
+            ["--peer", "a=10.0.0.300"],
+            {},
+            "'peers' (item 1) (--peer / NODE_PING_PEERS): '10.0.0.300' is not an IP address",
+        ),
         (["--peer", "just-a-name"], {}, "'just-a-name' is not NAME=IP"),
         (["--payload-size", "8"], {}, "invalid setting 'payload_size'"),
         (["--node-selector", "role in (a,b"], {}, "invalid setting 'node_selector'"),
@@ -88,8 +128,9 @@ def test_lists_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     ],
 )
-def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], expected: str,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_values_name_the_setting(
+    argv: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError) as error:
         settings(argv, env, monkeypatch)
     assert expected in str(error.value)
@@ -98,9 +139,11 @@ def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], expec
 
 def test_bad_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "c.yaml"
-    for content, expected in (("interval: [\n", "is not valid YAML at line 2"),
-                              ("- a\n", "must hold a mapping"),
-                              ("intervall: 1\n", "unknown setting 'intervall' in the config file")):
+    for content, expected in (
+        ("interval: [\n", "is not valid YAML at line 2"),
+        ("- a\n", "must hold a mapping"),
+        ("intervall: 1\n", "unknown setting 'intervall' in the config file"),
+    ):
         path.write_text(content)
         with pytest.raises(ConfigError, match=expected):
             settings(["--config", str(path)], monkeypatch=monkeypatch)
@@ -109,8 +152,14 @@ def test_bad_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,16 +167,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     [
         (["--interval", "-5"], {}, "invalid setting 'interval'"),
         (["--bogus"], {}, "unrecognized arguments"),
-        (["--discovery", "file", "--peers-file", "/nonexistent/nodes.json"], {},
-         "invalid setting 'peers_file' (--peers-file): cannot read /nonexistent/nodes.json"),
+        (
+            ["--discovery", "file", "--peers-file", "/nonexistent/nodes.json"],
+            {},
+            "invalid setting 'peers_file' (--peers-file): cannot read /nonexistent/nodes.json",
+        ),
         (["--discovery", "static"], {}, "static discovery needs at least one --peer"),
-        (["--discovery", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], {},
-         "invalid setting 'kubeconfig'"),
+        (
+            ["--discovery", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"],
+            {},
+            "invalid setting 'kubeconfig'",
+        ),
         ([], {"NODE_PING_WINDOW": "0"}, "invalid setting 'window'"),
     ],
 )
-def test_cli_exits_2_with_one_line_and_no_traceback(args: list[str], env: dict[str, str],
-                                                     expected: str) -> None:
+def test_cli_exits_2_with_one_line_and_no_traceback(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
     result = run_cli(*args, env=env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

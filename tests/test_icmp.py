@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Any
 
 import pytest
 from icmplib.sockets import ICMPSocket, ICMPv4Socket, ICMPv6Socket
@@ -26,8 +27,10 @@ def test_checksum_equals_icmplib(size: int) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need root")
-@pytest.mark.parametrize("ours, theirs", [(EchoSocketV4, ICMPv4Socket), (EchoSocketV6, ICMPv6Socket)])
-def test_request_builder_builds_icmplibs_packet(ours: type, theirs: type) -> None:
+@pytest.mark.parametrize(
+    "ours, theirs", [(EchoSocketV4, ICMPv4Socket), (EchoSocketV6, ICMPv6Socket)]
+)
+def test_request_builder_builds_icmplibs_packet(ours: type, theirs: Any) -> None:
     """Raw mode: byte for byte what icmplib's own _create_packet makes."""
     sock = ours(privileged=True)
     sock._prepare()
@@ -46,7 +49,7 @@ def test_request_builder_builds_icmplibs_packet(ours: type, theirs: type) -> Non
 def test_unprivileged_request_leaves_id_and_checksum_to_the_kernel() -> None:
     sock = EchoSocketV4.__new__(EchoSocketV4)
     sock._privileged = False
-    sock._sock = None  # never opened: nothing to close
+    sock._sock = None  # type: ignore[assignment]  # never opened: nothing to close
     sock.ident = 0
     packet = sock.request_builder(b"T" * 8, 16)(7, 9)
     assert struct.unpack("!BBHHH8sQ", packet) == (8, 0, 0, 0, 7, b"T" * 8, 9)

@@ -59,7 +59,7 @@ def test_counters_count_each_resolved_probe_once() -> None:
     stats.record_loss()
     assert stats.counters() == (3, 2, 6.0, 20.0)
     # mean and mdev over the whole run follow from the counters, as PromQL computes them
-    sent, received, total, squares = stats.counters()
+    _sent, received, total, squares = stats.counters()
     mean = total / received
     assert math.sqrt(squares / received - mean * mean) == pytest.approx(1.0)
 
