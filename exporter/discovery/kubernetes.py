@@ -173,14 +173,18 @@ def _core_api(kubeconfig: Path | None) -> Any:
     """A CoreV1Api from the in-cluster service account or a kubeconfig."""
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     try:
         if kubeconfig is None and in_cluster():
-            config.load_incluster_config()
+            config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
+            config.load_kube_config(
+                config_file=str(kubeconfig) if kubeconfig else None,
+                client_configuration=configuration,
+            )
     except Exception as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise ConfigError(
             f"invalid setting 'kubeconfig' (--kubeconfig): cannot load {where}: {exc}"
         ) from None
-    return client.CoreV1Api()
+    return client.CoreV1Api(client.ApiClient(configuration))
