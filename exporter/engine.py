@@ -43,6 +43,9 @@ MIN_TICK_SECONDS = 0.01
 # Wake at least this often to expire timeouts and pick up peer changes.
 MAX_TICK_SECONDS = 0.1
 LAG_WINDOW_SECONDS = 10.0
+# A probe more than this late (the loop was blocked or the host suspended) is
+# skipped, not sent: catching up would be a burst, and it is not loss.
+MAX_LATENESS_SECONDS = 0.1
 
 
 # How to reach a peer: its family's request builder and its socket's sendto.
@@ -62,6 +65,7 @@ class EngineStats:
         self.late_replies = 0
         self.duplicate_replies = 0
         self.probes_resolved = 0
+        self.skipped_probes = 0
         self.heartbeat = time.monotonic()  # last time the sender ran
         self._lag_now = 0.0
         self._lag_before = 0.0
@@ -168,8 +172,12 @@ class Prober:
         """
         interval = self.interval
         if now - self._cycle_start > 2 * interval:
-            # Fell far behind (suspended, starved): skip ahead, never burst-catch-up.
-            self._cycle_start += int((now - self._cycle_start) / interval) * interval
+            # Fell whole cycles behind (suspended): jump to the current cycle,
+            # counting what is skipped: the rest of this cycle and the cycles between.
+            behind = int((now - self._cycle_start) / interval)
+            count = len(self._schedule)
+            self.stats.skipped_probes += count - self._next + (behind - 1) * count
+            self._cycle_start += behind * interval
             self._next = 0
         schedule = self._schedule
         if not schedule:
@@ -191,6 +199,9 @@ class Prober:
                 if due > now:
                     return due
                 index += 1
+                if now - due > MAX_LATENESS_SECONDS:
+                    self.stats.skipped_probes += 1  # missed while the loop was stalled
+                    continue
                 counter += 1
                 if route is None:
                     self.stats.count_send_error("no_socket")

@@ -99,6 +99,12 @@ class AgentCollector(Collector):
             engine.late_replies,
         )
         yield _counter(
+            "kube_node_ping_skipped_probes",
+            "Probes not sent because the agent was stalled past their slot (no burst, no loss).",
+            me,
+            engine.skipped_probes,
+        )
+        yield _counter(
             "kube_node_ping_duplicate_replies",
             "Extra replies to a probe that was already answered.",
             me,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -292,7 +293,7 @@ def test_crosstalk_raw_sockets_with_equal_ids(net: TargetNetwork) -> None:
         f"ip daddr {target_v4(5)} icmp type echo-request ip length > 100 drop\n}}\n}}\n"
     )
     try:
-        out = net.agent.run("python3", str(script), target_v4(5))
+        out = net.agent.run(sys.executable, str(script), target_v4(5))
     finally:
         net.hosts.run("nft", "delete", "table", "inet", table, check=False)
     result = json.loads(out)

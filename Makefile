@@ -1,0 +1,41 @@
+# node-ping-exporter: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+LISTEN ?= 127.0.0.1:9798
+
+.PHONY: run test deps lint typecheck unit bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+.cache/system-deps: scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	mkdir -p .cache && touch $@
+
+deps: $(VENV)/.installed .cache/system-deps
+
+# The agent on a built-in default: three loopback peers, /metrics on localhost.
+run: $(VENV)/.installed
+	$(PY) -m exporter --node-name local --listen-address $(LISTEN) \
+	  --peer loopback-1=127.0.0.1 --peer loopback-2=127.0.0.2 --peer loopback-ipv6=::1
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
+
+# Every test: lint, types, unit, and (as root) real ICMP in network namespaces.
+test: deps lint typecheck
+	$(PY) -m pytest
+
+bench: deps
+	$(PY) -m benchmarks.bench
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache *.egg-info

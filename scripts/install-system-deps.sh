@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks use, skipping what is present.
+# Needs root for apt-get; without root it only reports what is missing (the
+# namespace tests then skip themselves with the reason).
+set -euo pipefail
+
+need=()
+for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing Debian packages (install them as root): ${need[*]}" >&2
+  fi
+fi
+command -v go >/dev/null 2>&1 || echo "Go is not installed: the delayed-responder tests and the benchmark will skip" >&2
+exit 0
