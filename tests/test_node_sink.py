@@ -1,0 +1,49 @@
+"""Rules every discovery source shares: self excluded, --ping-self, --max-peers, diffs."""
+
+from __future__ import annotations
+
+from exporter.discovery import NodeSink
+from exporter.peers import NodeAddress, PeerKind, PeerTable
+
+
+def nodes(count: int) -> list[NodeAddress]:
+    return [NodeAddress(f"n{i}", (f"198.18.128.{i + 1}",)) for i in range(count)]
+
+
+def names(table: PeerTable) -> set[str]:
+    return {p.key.name for p in table.snapshot() if p.key.kind is PeerKind.NODE}
+
+
+def test_self_is_excluded_unless_ping_self() -> None:
+    table = PeerTable(window=5, per_peer_histogram=False)
+    NodeSink(table, "n0", ping_self=False, max_peers=0).update(nodes(3))
+    assert names(table) == {"n1", "n2"}
+    assert table.discovered_nodes == 2
+    NodeSink(table, "n0", ping_self=True, max_peers=0).update(nodes(3))
+    assert names(table) == {"n0", "n1", "n2"}
+
+
+def test_max_peers_samples_and_counts_what_was_discovered() -> None:
+    table = PeerTable(window=5, per_peer_histogram=False)
+    NodeSink(table, "n0", ping_self=False, max_peers=3).update(nodes(10))
+    assert len(names(table)) == 3 and "n0" not in names(table)
+    assert table.discovered_nodes == 9
+
+
+def test_unchanged_peers_keep_their_statistics_and_change_is_signalled() -> None:
+    changes: list[int] = []
+    table = PeerTable(window=5, per_peer_histogram=False, on_change=lambda: changes.append(1))
+    sink = NodeSink(table, "me", ping_self=False, max_peers=0)
+    sink.update(nodes(3))
+    kept = {p.key: p for p in table.snapshot()}
+    kept_peer = next(p for p in kept.values() if p.key.name == "n1")
+    kept_peer.stats.record_reply(1.0)
+    sink.update(nodes(3))
+    assert len(changes) == 1  # the same snapshot again is no change
+    sink.update(nodes(2))  # n2 leaves
+    assert len(changes) == 2 and names(table) == {"n0", "n1"}
+    survivor = next(p for p in table.snapshot() if p.key.name == "n1")
+    assert survivor is kept_peer and survivor.stats.received == 1
+    sink.update([NodeAddress("n1", ("198.18.128.99",))])  # new address: a new peer
+    (moved,) = table.snapshot()
+    assert moved.key.address == "198.18.128.99" and moved.stats.sent == 0
