@@ -208,7 +208,7 @@ def test_textfile_is_atomic_and_only_our_file_is_touched(
         assert not select(samples, "process_resident_memory_bytes")  # node-exporter has its own
         sizes.add(len(text))
         reads += 1
-    assert reads > 20 and len(sizes) > 5  # the file really changed under the reader
+    assert reads > 10 and len(sizes) > 3  # the file really changed under the reader
     assert theirs.read_text() == "other_metric 1\n"
     assert agent.stop() == 0
     assert sorted(p.name for p in textfiles.iterdir()) == [
@@ -259,13 +259,15 @@ def test_external_targets_and_failed_lookups(agent_factory: Callable[..., AgentP
         "0.1",
     )
     agent.wait_ready()
-    wait_for(
-        lambda: value(
-            agent.metrics(), "external_ping_packets_received_total", destination_name="ip"
-        ),
-        5,
-        "external target probed",
-    )
+
+    def both_answered() -> bool:
+        samples = agent.metrics()
+        return all(
+            value(samples, "external_ping_packets_received_total", destination_name=name)
+            for name in ("ip", "lo")
+        )
+
+    wait_for(both_answered, 5, "external targets answered")
     samples = agent.metrics()
     assert value(
         samples,
