@@ -79,6 +79,8 @@ class Agent:
         self.state.discovery.append(self.discovery_state)
         self.external = ExternalTargets(settings.external_targets, self.table)
         self.state.resolve_errors = self.external.resolve_errors
+        self.state.external_addresses = self.external.addresses
+        self.state.external_hosts = {t.name: t.host for t in settings.external_targets}
         self.textfile: TextfileWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

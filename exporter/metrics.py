@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .discovery import DiscoveryState
 from .engine import EngineStats
-from .exposition import NODE_LABELS
+from .exposition import EXTERNAL_LABELS, NODE_LABELS
 from .peers import PeerKind, PeerTable
 from .stats import Histogram
 from .textfile import TextfileWriter
@@ -40,6 +40,8 @@ class AgentState:
     engine: EngineStats
     discovery: list[DiscoveryState] = field(default_factory=list)
     resolve_errors: dict[str, int] = field(default_factory=dict)
+    external_hosts: dict[str, str] = field(default_factory=dict)  # target name -> host
+    external_addresses: dict[str, str] = field(default_factory=dict)  # name -> last address
     exceptions: int = 0
     textfile: TextfileWriter | None = None
 
@@ -179,6 +181,19 @@ class AgentCollector(Collector):
         for name, count in sorted(dict(state.resolve_errors).items()):
             resolve.add_metric([me, name], count)
         yield resolve
+        target = GaugeMetricFamily(
+            "external_ping_target_info",
+            "The address an external target is probed at now (its last good resolution).",
+            labels=[
+                "source_node",
+                "destination_name",
+                "destination_host",
+                "destination_ip_address",
+            ],
+        )
+        for name, address in sorted(dict(state.external_addresses).items()):
+            target.add_metric([me, name, state.external_hosts.get(name, ""), address], 1)
+        yield target
         info = GaugeMetricFamily(
             "kube_node_ping_build_info",
             "Agent version and ICMP socket mode.",

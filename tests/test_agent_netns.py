@@ -302,3 +302,130 @@ def test_crosstalk_raw_sockets_with_equal_ids(net: TargetNetwork) -> None:
     assert result["same_ident"] and result["a_sent"] >= 20 and result["b_sent"] >= 20
     assert result["a_received"] == result["a_sent"]
     assert result["b_received"] == 0
+
+
+def test_configmap_symlink_swap_is_picked_up(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    """A ConfigMap volume updates by pointing ..data at a new directory, atomically."""
+    volume = tmp_path / "config"
+    volume.mkdir()
+    first = volume / "..2026_11_21_first"
+    first.mkdir()
+    write_peers(first / "nodes.json", {"a": target_v4(1)})
+    (volume / "..data").symlink_to(first.name)
+    (volume / "nodes.json").symlink_to("..data/nodes.json")
+    agent = agent_factory(
+        "--discovery",
+        "file",
+        "--peers-file",
+        str(volume / "nodes.json"),
+        "--peers-file-poll-interval",
+        "0.2",
+        "--interval",
+        "0.2",
+    )
+    agent.wait_ready()
+    second = volume / "..2026_11_21_second"
+    second.mkdir()
+    write_peers(second / "nodes.json", {"b": target_v4(2)})
+    (volume / "..data_tmp").symlink_to(second.name)
+    (volume / "..data_tmp").replace(volume / "..data")
+    wait_for(lambda: select(agent.metrics(), SENT, destination_node="b"), 3, "b from the swap")
+    assert not select(agent.metrics(), SENT, destination_node="a")
+
+
+def test_dns_target_follows_its_name_and_keeps_the_last_good_address(
+    agent_factory: Callable[..., AgentProcess], net: TargetNetwork
+) -> None:
+    """Name resolution through the real resolver: `ip netns exec` bind-mounts
+    /etc/netns/<namespace>/hosts over /etc/hosts for the agent, and rewriting
+    that file in place changes what the name resolves to."""
+    hosts_dir = Path("/etc/netns") / net.agent.name
+    hosts_dir.mkdir(parents=True, exist_ok=True)
+    hosts = hosts_dir / "hosts"
+    try:
+        hosts.write_text(f"127.0.0.1 localhost\n{target_v4(20)} gateway.test\n")
+        agent = agent_factory(
+            "--peer",
+            f"a={target_v4(1)}",
+            "--external-target",
+            "gw=gateway.test",
+            "--resolve-interval",
+            "0.3",
+            "--interval",
+            "0.1",
+        )
+        agent.wait_ready()
+
+        def probed_address() -> str | None:
+            info = select(agent.metrics(), "external_ping_target_info", destination_name="gw")
+            return dict(next(iter(info))).get("destination_ip_address") if info else None
+
+        wait_for(
+            lambda: value(
+                agent.metrics(), "external_ping_packets_received_total", destination_name="gw"
+            ),
+            5,
+            "gateway.test probed",
+        )
+        with open(hosts, "r+") as f:  # in place: the bind mount follows the inode
+            f.write(f"127.0.0.1 localhost\n{target_v4(21)} gateway.test\n")
+            f.truncate()
+        wait_for(
+            lambda: probed_address() == target_v4(21),
+            5,
+            f"re-resolved to the new address; output: {agent.output()}",
+        )
+        with open(hosts, "r+") as f:
+            f.write("127.0.0.1 localhost\n")
+            f.truncate()
+        wait_for(
+            lambda: (
+                (
+                    value(
+                        agent.metrics(), "external_ping_resolve_errors_total", destination_name="gw"
+                    )
+                    or 0
+                )
+                >= 2
+            ),
+            5,
+            "failed lookups counted",
+        )
+        before = (
+            value(agent.metrics(), "external_ping_packets_sent_total", destination_name="gw") or 0
+        )
+        time.sleep(0.5)
+        after = (
+            value(agent.metrics(), "external_ping_packets_sent_total", destination_name="gw") or 0
+        )
+        assert after > before  # still probing the last good address
+        assert probed_address() == target_v4(21)
+    finally:
+        hosts.unlink(missing_ok=True)
+        hosts_dir.rmdir()
+
+
+def test_json_logs_and_per_peer_histogram(agent_factory: Callable[..., AgentProcess]) -> None:
+    agent = agent_factory(
+        "--peer",
+        f"a={target_v4(1)}",
+        "--peer",
+        f"b={target_v4(2)}",
+        "--per-peer-histogram",
+        "--log-format",
+        "json",
+        "--interval",
+        "0.1",
+    )
+    agent.wait_ready()
+    samples = agent.metrics()
+    for name in ("a", "b"):
+        count = value(samples, "kube_node_ping_peer_rtt_seconds_count", destination_node=name)
+        received = value(samples, RECEIVED, destination_node=name)
+        assert count is not None and count >= 1 and count <= (received or 0) + 1
+    lines = [line for line in agent.output().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    started = next(r for r in records if r["msg"] == "started")
+    assert started["level"] == "info" and started["discovery"] == "static"

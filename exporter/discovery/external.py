@@ -33,7 +33,11 @@ class ExternalTargets:
                 address = normalise_ip(target.host)
             except ValueError:
                 address = await self._lookup(target)
-            if address:
+            if address and self.addresses.get(target.name) != address:
+                log.info(
+                    "external target resolved",
+                    extra={"target": target.name, "host": target.host, "address": address},
+                )
                 self.addresses[target.name] = address
         self.table.replace(
             PeerKind.EXTERNAL,
