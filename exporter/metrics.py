@@ -184,12 +184,7 @@ class AgentCollector(Collector):
         target = GaugeMetricFamily(
             "external_ping_target_info",
             "The address an external target is probed at now (its last good resolution).",
-            labels=[
-                "source_node",
-                "destination_name",
-                "destination_host",
-                "destination_ip_address",
-            ],
+            labels=[*EXTERNAL_LABELS, "destination_ip_address"],
         )
         for name, address in sorted(dict(state.external_addresses).items()):
             target.add_metric([me, name, state.external_hosts.get(name, ""), address], 1)
