@@ -112,14 +112,13 @@ class AgentCollector(Collector):
             me,
             engine.duplicate_replies,
         )
-        errors = CounterMetricFamily(
+        yield _counter_by(
             "kube_node_ping_send_errors_total",
             "Echo requests the kernel refused to send, by errno.",
-            labels=["source_node", "reason"],
+            me,
+            "reason",
+            engine.send_errors,
         )
-        for reason, count in sorted(dict(engine.send_errors).items()):
-            errors.add_metric([me, reason], count)
-        yield errors
         yield _gauge(
             "kube_node_ping_event_loop_lag_seconds",
             "Worst lateness of the prober's wake-ups over the last 10-20 s.",
@@ -173,14 +172,13 @@ class AgentCollector(Collector):
             last.add_metric([me, d.source], d.last_success)
             errors.add_metric([me, d.source], d.errors)
         yield from (up, last, errors)
-        resolve = CounterMetricFamily(
+        yield _counter_by(
             "external_ping_resolve_errors_total",
             "Failed DNS lookups of an external target.",
-            labels=["source_node", "destination_name"],
+            me,
+            "destination_name",
+            state.resolve_errors,
         )
-        for name, count in sorted(dict(state.resolve_errors).items()):
-            resolve.add_metric([me, name], count)
-        yield resolve
         target = GaugeMetricFamily(
             "external_ping_target_info",
             "The address an external target is probed at now (its last good resolution).",
@@ -201,6 +199,16 @@ class AgentCollector(Collector):
 def _counter(name: str, doc: str, me: str, value: float) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=["source_node"])
     family.add_metric([me], value)
+    return family
+
+
+def _counter_by(
+    name: str, doc: str, me: str, label: str, counts: dict[str, int]
+) -> CounterMetricFamily:
+    """A counter with one series per key of ``counts`` (copied: another thread writes it)."""
+    family = CounterMetricFamily(name, doc, labels=["source_node", label])
+    for key, count in sorted(dict(counts).items()):
+        family.add_metric([me, key], count)
     return family
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,95 +37,95 @@ def responder_binary() -> Path:
     return RESPONDER
 
 
+class SlowNetwork:
+    """A target network whose echo replies come from the responder, after a set delay."""
+
+    def __init__(self, network: TargetNetwork, responder: Path) -> None:
+        self.network = network
+        self.responder = responder
+        self.running: subprocess.Popen[bytes] | None = None
+
+    def set_delay(self, ms: float) -> None:
+        self.stop()
+        self.running = self.network.hosts.popen(
+            [str(self.responder), "-delay", f"{ms}ms"], stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.terminate()
+            self.running.wait()
+            self.running = None
+
+    @contextmanager
+    def agent(self, *args: str) -> Iterator[AgentProcess]:
+        """A ready agent probing one target through the responder."""
+        agent = AgentProcess(
+            self.network,
+            ["--node-name", "agent", "--peer", f"slow={target_v4(1)}", *args],
+            19650,
+            {},
+        )
+        try:
+            agent.wait_ready()
+            yield agent
+        finally:
+            agent.stop()
+
+
 @pytest.fixture(scope="module")
-def slow_net(responder_binary: Path) -> Iterator[Callable[[float], None]]:
-    """A target network whose replies come from the responder; call it with the delay in ms."""
+def slow_net(responder_binary: Path) -> Iterator[SlowNetwork]:
     if not NETNS_OK:
         pytest.skip(NETNS_WHY)
     with TargetNetwork("nps") as network:
         network.hosts.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
-        running: list[subprocess.Popen[bytes]] = []
-
-        def set_delay(ms: float) -> None:
-            for proc in running:
-                proc.terminate()
-                proc.wait()
-            running.clear()
-            running.append(
-                network.hosts.popen(
-                    [str(responder_binary), "-delay", f"{ms}ms"], stderr=subprocess.DEVNULL
-                )
-            )
-
-        set_delay(0)
-        set_delay.network = network  # type: ignore[attr-defined]
-        yield set_delay
-        for proc in running:
-            proc.terminate()
-            proc.wait()
+        slow = SlowNetwork(network, responder_binary)
+        try:
+            yield slow
+        finally:
+            slow.stop()
 
 
-def start_agent(network: TargetNetwork, *args: str) -> AgentProcess:
-    return AgentProcess(
-        network, ["--node-name", "agent", "--peer", f"slow={target_v4(1)}", *args], 19650, {}
-    )
+def received(agent: AgentProcess) -> float:
+    return value(agent.metrics(), "kube_node_ping_packets_received_total") or 0
 
 
-def test_rtt_matches_a_known_delay(slow_net: Callable[[float], None]) -> None:
-    slow_net(20)
-    agent = start_agent(slow_net.network, "--interval", "0.1", "--timeout", "0.5")  # type: ignore[attr-defined]
-    try:
-        agent.wait_ready()
-        wait_for(
-            lambda: (value(agent.metrics(), "kube_node_ping_packets_received_total") or 0) >= 30,
-            10,
-            "30 replies",
-        )
+def test_rtt_matches_a_known_delay(slow_net: SlowNetwork) -> None:
+    slow_net.set_delay(20)
+    with slow_net.agent("--interval", "0.1", "--timeout", "0.5") as agent:
+        wait_for(lambda: received(agent) >= 30, 10, "30 replies")
         samples = agent.metrics()
-        received = value(samples, "kube_node_ping_packets_received_total") or 0
-        mean = (value(samples, "kube_node_ping_rtt_milliseconds_total") or 0) / received
+        replies = value(samples, "kube_node_ping_packets_received_total") or 0
+        mean = (value(samples, "kube_node_ping_rtt_milliseconds_total") or 0) / replies
         assert 20.0 <= mean <= 21.0, mean  # kernel stamps: loop delay does not count
         low = value(samples, "kube_node_ping_rtt_min") or 0
         assert 20.0 <= low <= 20.6
         squares = value(samples, "kube_node_ping_rtt_squared_milliseconds_total") or 0
-        assert (squares / received - mean * mean) ** 0.5 < 1.0  # mdev from the counters
+        assert (squares / replies - mean * mean) ** 0.5 < 1.0  # mdev from the counters
         assert value(samples, "kube_node_ping_rtt_seconds_bucket", le="0.01") == 0
-        assert value(samples, "kube_node_ping_rtt_seconds_bucket", le="0.025") == received
-    finally:
-        agent.stop()
+        assert value(samples, "kube_node_ping_rtt_seconds_bucket", le="0.025") == replies
 
 
-def test_replies_after_the_timeout_are_late_not_rtt(slow_net: Callable[[float], None]) -> None:
-    slow_net(300)
-    agent = start_agent(slow_net.network, "--interval", "0.1", "--timeout", "0.1")  # type: ignore[attr-defined]
-    try:
-        agent.wait_ready()
-        wait_for(
-            lambda: (value(agent.metrics(), "kube_node_ping_late_replies_total") or 0) >= 10,
-            10,
-            "late replies",
-        )
+def test_replies_after_the_timeout_are_late_not_rtt(slow_net: SlowNetwork) -> None:
+    slow_net.set_delay(300)
+    with slow_net.agent("--interval", "0.1", "--timeout", "0.1") as agent:
+        late = "kube_node_ping_late_replies_total"
+        wait_for(lambda: (value(agent.metrics(), late) or 0) >= 10, 10, "late replies")
         samples = agent.metrics()
         assert value(samples, "kube_node_ping_packets_received_total") == 0
         assert (value(samples, "kube_node_ping_packets_sent_total") or 0) >= 10
         assert value(samples, "kube_node_ping_rtt_min") is None
         assert value(samples, "kube_node_ping_duplicate_replies_total") == 0
-    finally:
-        agent.stop()
 
 
-def test_in_flight_probes_are_not_loss(slow_net: Callable[[float], None]) -> None:
+def test_in_flight_probes_are_not_loss(slow_net: SlowNetwork) -> None:
     """With replies taking 300 ms of a 1 s timeout, nothing counts as sent before it resolves."""
-    slow_net(300)
-    agent = start_agent(slow_net.network, "--interval", "0.05", "--timeout", "1")  # type: ignore[attr-defined]
-    try:
-        agent.wait_ready()
+    slow_net.set_delay(300)
+    with slow_net.agent("--interval", "0.05", "--timeout", "1") as agent:
         for _ in range(10):
             samples = agent.metrics()
             sent = value(samples, "kube_node_ping_packets_sent_total") or 0
             assert value(samples, "kube_node_ping_packets_received_total") == sent
-    finally:
-        agent.stop()
 
 
 def test_duplicate_replies_are_counted(
