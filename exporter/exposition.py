@@ -20,7 +20,6 @@ from .peers import Peer, PeerKey, PeerKind, PeerTable
 
 NODE_LABELS = ("source_node", "destination_node", "destination_node_ip_address")
 EXTERNAL_LABELS = ("source_node", "destination_name", "destination_host")
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 PREFIXES = ((PeerKind.NODE, "kube_node_ping"), (PeerKind.EXTERNAL, "external_ping"))
 # (suffix, type, help) of the per-peer families; the same for both prefixes.

@@ -40,7 +40,6 @@ ICMPV6_ECHO_REPLY = 129
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-_ECHO_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, id, sequence
 # Our payload starts with: 8-byte process token, 8-byte probe counter.
 PAYLOAD_HEADER = struct.Struct("!8sQ")
 _ECHO_REPLY = struct.Struct("!BBHHH8sQ")  # header + the start of our payload
@@ -71,14 +70,6 @@ def ping_group_range() -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return low, high
-
-
-def ping_group_admits_me() -> bool:
-    span = ping_group_range()
-    if span is None:
-        return False
-    groups = {os.getgid(), *os.getgroups()}
-    return any(span[0] <= g <= span[1] for g in groups)
 
 
 def fast_checksum(data: bytes) -> int:
@@ -128,13 +119,6 @@ class _EchoMixin:
 
     def _install_reply_filter(self) -> None:
         raise NotImplementedError
-
-    @property
-    def raw(self) -> bool:
-        return self._privileged
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def sockaddr(self, address: str) -> tuple[Any, ...]:
         raise NotImplementedError

@@ -117,6 +117,3 @@ class PeerTable:
                 self._on_change()
             return True
         return False
-
-    def get(self, key: PeerKey) -> Peer | None:
-        return self._peers.get(key)

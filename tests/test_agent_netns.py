@@ -420,6 +420,11 @@ def test_json_logs_and_per_peer_histogram(agent_factory: Callable[..., AgentProc
         "0.1",
     )
     agent.wait_ready()
+    wait_for(
+        lambda: len(select(agent.metrics(), "kube_node_ping_rtt_min")) == 2,
+        5,
+        "replies from both peers",
+    )
     samples = agent.metrics()
     for name in ("a", "b"):
         count = value(samples, "kube_node_ping_peer_rtt_seconds_count", destination_node=name)

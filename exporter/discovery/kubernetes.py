@@ -88,8 +88,11 @@ class KubernetesDiscovery:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(func, *args)
 
+    def _as_peer(self, node: dict[str, Any] | None) -> NodeAddress | None:
+        return node_addresses(node, self.address_types) if node is not None else None
+
     def _publish(self, nodes: dict[str, dict[str, Any]]) -> None:
-        snapshot = [n for n in (node_addresses(o, self.address_types) for o in nodes.values()) if n]
+        snapshot = [n for n in map(self._as_peer, nodes.values()) if n]
         self._to_loop(self.sink.update, snapshot)
         self._to_loop(self.state.succeeded)
 
@@ -151,11 +154,15 @@ class KubernetesDiscovery:
                 if kind == "BOOKMARK" or not name:
                     self._to_loop(self.state.succeeded)
                     continue
+                before = self._as_peer(nodes.get(name))
                 if kind == "DELETED":
                     nodes.pop(name, None)
                 else:
                     nodes[name] = obj
-                self._publish(nodes)
+                if self._as_peer(nodes.get(name)) != before:
+                    self._publish(nodes)  # most MODIFIED events are status churn: no change
+                else:
+                    self._to_loop(self.state.succeeded)
         finally:
             response.release_conn()
         return version
