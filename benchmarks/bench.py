@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.netns import can_create_namespaces
+from lab.responder import ResponderUnavailable, ensure_responder
 from lab.targets import TargetNetwork, target_v4
 
 ROOT = Path(__file__).resolve().parent.parent
-RESPONDER_SRC = ROOT / "benchmarks" / "responder"
 WARMUP_SECONDS = 4.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORT = 19798
@@ -49,16 +49,6 @@ class Result:
     rtt_median: float
     rtt_p99: float
     render_ms: float | None
-
-
-def build_responder(out_dir: Path) -> Path:
-    binary = out_dir / "responder"
-    result = subprocess.run(
-        ["go", "build", "-o", str(binary), "."], cwd=RESPONDER_SRC, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        sys.exit(f"bench: cannot build the responder: {result.stderr.strip()}")
-    return binary
 
 
 def cpu_seconds(pid: int) -> float:
@@ -254,7 +244,10 @@ def main() -> None:
     hold: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="npe-bench-") as tmp, TargetNetwork("npb") as net:
         work = Path(tmp)
-        responder = build_responder(work)
+        try:
+            responder = ensure_responder()
+        except ResponderUnavailable as exc:
+            sys.exit(f"bench: {exc}")
         net.hosts.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
         for peers in sizes:
             for runner in (run_agent, run_fping):

@@ -7,7 +7,6 @@ from the kernel's receive stamp. Duplicates come from an nftables ``dup`` rule.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,26 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from lab.responder import ResponderUnavailable, ensure_responder
 from lab.targets import TargetNetwork, target_v4
 
-from .conftest import NETNS_OK, NETNS_WHY, ROOT, AgentProcess, needs_netns, value, wait_for
+from .conftest import NETNS_OK, NETNS_WHY, AgentProcess, needs_netns, value, wait_for
 
 pytestmark = needs_netns
-RESPONDER = ROOT / ".cache" / "responder"
 
 
 @pytest.fixture(scope="module")
 def responder_binary() -> Path:
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed: cannot build benchmarks/responder")
-    RESPONDER.parent.mkdir(exist_ok=True)
-    subprocess.run(
-        ["go", "build", "-o", str(RESPONDER), "."],
-        cwd=ROOT / "benchmarks" / "responder",
-        check=True,
-        capture_output=True,
-    )
-    return RESPONDER
+    try:
+        return ensure_responder()
+    except ResponderUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 class SlowNetwork:
