@@ -42,8 +42,11 @@ class TextfileWriter:
         self._stopping = False
 
     def remove_stale(self) -> None:
-        """At start: drop this node's file left by an earlier run (nothing else)."""
+        """At start: drop this node's file and temporary files left by an earlier run
+        (a killed agent can leave one behind); nothing else in the shared directory."""
         self.path.unlink(missing_ok=True)
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def write(self) -> None:
         data, _ = self.render("")  # Prometheus text format

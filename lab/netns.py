@@ -39,10 +39,16 @@ def run_prefix(tag: str) -> str:
 
 
 class Namespace:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, create: bool = True) -> None:
         self.name = name
-        sh(["ip", "netns", "add", name])
-        self.ip("link", "set", "lo", "up")
+        if create:
+            sh(["ip", "netns", "add", name])
+            self.ip("link", "set", "lo", "up")
+
+    @classmethod
+    def existing(cls, name: str) -> Namespace:
+        """A handle on a namespace made earlier (by this process or another)."""
+        return cls(name, create=False)
 
     def cmd(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]

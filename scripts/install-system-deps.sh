@@ -5,9 +5,11 @@
 set -euo pipefail
 
 need=()
-for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux; do
+for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux \
+  prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}"

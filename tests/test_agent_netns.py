@@ -174,6 +174,7 @@ def test_textfile_is_atomic_and_only_our_file_is_touched(
     textfiles.mkdir()
     ours = textfiles / "node-ping_agent.prom"
     ours.write_text("stale from an earlier run\n")
+    (textfiles / ".node-ping_agent.prom.999.tmp").write_text("left by a killed agent")
     theirs = textfiles / "other-exporter.prom"
     theirs.write_text("other_metric 1\n")
     peers = tmp_path / "nodes.json"

@@ -1,0 +1,195 @@
+"""The cluster lab end to end: five simulated nodes, real agents, faults injected with
+nftables and a delayed responder, results read the way a user reads them — through a
+real Prometheus (and node-exporter for the textfile mode).
+
+One lab for the module; each check applies its faults, waits for a full query window
+of data, asserts, and clears. Two faults on disjoint pairs run at once where that
+saves a window without weakening either check.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lab.cluster import Lab, LabConfig
+from lab.faults import Fault
+from lab.responder import ResponderUnavailable, ensure_responder
+
+from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, select, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)]
+
+NODES = [f"node-{i}" for i in range(1, 6)]
+PAIRS = [(s, d) for s in NODES for d in NODES if s != d]
+WINDOW = 20  # seconds of data behind each PromQL check
+SETTLE = WINDOW + 7  # the window, one 5 s scrape, slack
+JOB = 'job="node-ping"'
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    try:
+        ensure_responder()
+    except ResponderUnavailable as exc:
+        pytest.skip(str(exc))
+    lab = Lab(f"e2e{os.getpid()}")
+    lab.up(LabConfig(nodes=5, output="both"))
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left(lab: Lab) -> Iterator[None]:
+    yield
+    lab.clear()
+
+
+def by_pair(lab: Lab, expr: str) -> dict[tuple[str, str], float]:
+    return {
+        (r["metric"]["source_node"], r["metric"]["destination_node"]): float(r["value"][1])
+        for r in lab.query(expr)
+    }
+
+
+def loss(lab: Lab, window: int = WINDOW) -> dict[tuple[str, str], float]:
+    w = f"{window}s"
+    return by_pair(
+        lab,
+        f"1 - sum by (source_node, destination_node) "
+        f"(increase(kube_node_ping_packets_received_total{{{JOB}}}[{w}])) / "
+        f"sum by (source_node, destination_node) "
+        f"(increase(kube_node_ping_packets_sent_total{{{JOB}}}[{w}]))",
+    )
+
+
+def mean_rtt(lab: Lab) -> dict[tuple[str, str], float]:
+    w = f"{WINDOW}s"
+    return by_pair(
+        lab,
+        f"sum by (source_node, destination_node) "
+        f"(rate(kube_node_ping_rtt_milliseconds_total{{{JOB}}}[{w}])) / "
+        f"sum by (source_node, destination_node) "
+        f"(rate(kube_node_ping_packets_received_total{{{JOB}}}[{w}]))",
+    )
+
+
+def test_clean_network(lab: Lab) -> None:
+    wait_for(lambda: len(loss(lab, 10)) == len(PAIRS), 30, "every pair in Prometheus", step=1)
+    time.sleep(6)
+    measured = loss(lab, 10)
+    assert set(measured) == set(PAIRS)
+    assert all(value == 0 for value in measured.values()), measured
+    gauges = by_pair(lab, f"kube_node_ping_rtt_min{{{JOB}}}")
+    assert set(gauges) == set(PAIRS) and all(0 < v < 5 for v in gauges.values()), gauges
+    assert len(by_pair(lab, f"kube_node_ping_rtt_mdev{{{JOB}}}")) == len(PAIRS)
+
+
+def test_inbound_loss_at_a_node_and_a_broken_link(lab: Lab) -> None:
+    lab.apply(Fault("inbound", "node-2", percent=30))
+    lab.apply(Fault("link", "node-3", peer="node-4"))
+    time.sleep(SETTLE)
+    measured = loss(lab)
+    for pair, value in measured.items():
+        if pair[1] == "node-2":
+            assert 0.22 <= value <= 0.38, (pair, value)  # 30 % ± 8
+        elif pair in (("node-3", "node-4"), ("node-4", "node-3")):
+            assert value == 1, (pair, value)
+        else:
+            assert value == 0, (pair, value)
+    assert len(measured) == len(PAIRS)
+
+
+def test_isolation_and_latency(lab: Lab) -> None:
+    lab.apply(Fault("isolate", "node-5"))
+    lab.apply(Fault("latency", "node-1", delay_ms=20))
+    time.sleep(SETTLE)
+    measured = loss(lab)
+    for pair, value in measured.items():
+        assert value == (1 if "node-5" in pair else 0), (pair, value)
+    # min/max/mdev are absent, not 0, for every pair touching the isolated node
+    for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+        present = set(by_pair(lab, f"{gauge}{{{JOB}}}"))
+        assert present == {p for p in PAIRS if "node-5" not in p}, gauge
+    rtt = mean_rtt(lab)
+    for (source, destination), value in rtt.items():
+        if "node-5" in (source, destination):
+            continue  # no replies: no mean
+        if destination == "node-1":
+            assert abs(value - 20) <= 1, (source, destination, value)
+        else:
+            assert value < 1, (source, destination, value)
+
+
+def test_node_removed_from_the_peer_list(lab: Lab) -> None:
+    lab.remove_peer("node-3")
+    others = [n for n in NODES if n != "node-3"]
+
+    def gone_from_agents() -> bool:
+        return not any(
+            select(
+                parse_metrics(lab.agent_metrics(n)),
+                "kube_node_ping_packets_sent_total",
+                destination_node="node-3",
+            )
+            for n in others
+        )
+
+    wait_for(gone_from_agents, 1.5, "node-3's series gone from every agent")
+    wait_for(
+        lambda: (
+            not lab.query(f'kube_node_ping_packets_sent_total{{{JOB},destination_node="node-3"}}')
+        ),
+        12,
+        "node-3's series stale in Prometheus",
+        step=1,
+    )
+    lab.add_peer("node-3")
+    wait_for(
+        lambda: (
+            len(lab.query(f'kube_node_ping_packets_sent_total{{{JOB},destination_node="node-3"}}'))
+            == 4
+        ),
+        15,
+        "node-3 probed again",
+        step=1,
+    )
+
+
+def test_textfile_through_node_exporter(lab: Lab) -> None:
+    exported = parse_metrics(lab.node_exporter_metrics())
+    pairs = {
+        (dict(labels)["source_node"], dict(labels)["destination_node"])
+        for labels in select(exported, "kube_node_ping_packets_sent_total")
+    }
+    assert pairs == set(PAIRS)
+    direct = parse_metrics(lab.agent_metrics("node-1"))
+    assert set(select(exported, "kube_node_ping_rtt_min", source_node="node-1")) == set(
+        select(direct, "kube_node_ping_rtt_min")
+    )
+    assert select(exported, "node_textfile_scrape_error") == {frozenset(): 0.0}
+
+
+def test_agent_restart(lab: Lab) -> None:
+    before = time.time()
+    lab.restart_agent("node-1")  # SIGKILL: nothing cleaned up, then a fresh start
+    lab.wait_ready()
+    time.sleep(16)  # three scrapes of the new agent
+    resets = lab.query(
+        f'resets(kube_node_ping_packets_sent_total{{{JOB},source_node="node-1"}}[1m])'
+    )
+    assert len(resets) == 4 and all(float(r["value"][1]) >= 1 for r in resets), resets
+    rates = by_pair(
+        lab, f'rate(kube_node_ping_packets_sent_total{{{JOB},source_node="node-1"}}[30s])'
+    )
+    assert len(rates) == 4 and all(10 <= v <= 25 for v in rates.values()), rates  # 20/s
+    # node-exporter never read a torn textfile, across the kill and the restart
+    torn = lab.query(
+        f"max_over_time(node_textfile_scrape_error[{int(time.time() - before) + 10}s])"
+    )
+    assert [float(r["value"][1]) for r in torn] == [0.0]
