@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
-.PHONY: run test deps lint typecheck unit bench clean
+.PHONY: run test deps lint typecheck e2e demo bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ typecheck: $(VENV)/.installed
 # Every test: lint, types, unit, and (as root) real ICMP in network namespaces.
 test: deps lint typecheck
 	$(PY) -m pytest
+
+# Only the cluster-lab end-to-end checks (root; part of `make test` too).
+e2e: deps
+	$(PY) -m pytest -m e2e
+
+# A 4-node lab with Prometheus, one fault, the loss matrix (root; about a minute).
+demo: deps
+	$(PY) -m lab.cli demo
 
 bench: deps
 	$(PY) -m benchmarks.bench

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import NoReturn
 
-from .cluster import Lab, LabConfig, LabError
+from .cluster import Lab, LabConfig, LabError, all_labs
 from .faults import Fault
 from .netns import can_create_namespaces
 
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--output", choices=["http", "textfile", "both"], default="both")
     up.add_argument("--interval", type=float, default=0.05, help="agents' probe interval")
     up.add_argument("--no-prometheus", action="store_true")
-    commands.add_parser("down", help="remove everything the lab made")
+    down = commands.add_parser("down", help="remove everything the lab made")
+    down.add_argument("--all", action="store_true", help="every lab on this machine")
     commands.add_parser("status")
 
     fault = commands.add_parser("fault", help="inject a fault")
@@ -175,7 +176,8 @@ def run(args: argparse.Namespace) -> None:
         )
         print(lab.status())
     elif args.command == "down":
-        lab.down()
+        for name in all_labs() if args.all else [args.name]:
+            Lab(name).down()
     elif args.command == "status":
         print(lab.status())
     elif args.command == "fault":

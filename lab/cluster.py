@@ -520,6 +520,18 @@ class Lab:
         return "\n".join(lines)
 
 
+def all_labs() -> list[str]:
+    """Names of every lab on this machine: namespaces or a workdir left, up or half-gone."""
+    names = {p.name for p in LABS_DIR.iterdir()} if LABS_DIR.is_dir() else set()
+    if NETNS_DIR.is_dir():
+        names |= {
+            p.name[len("npl-") :].rsplit("-", 1)[0]
+            for p in NETNS_DIR.iterdir()
+            if p.name.startswith("npl-") and p.name.endswith("-hub")
+        }
+    return sorted(names)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
