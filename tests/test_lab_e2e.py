@@ -90,13 +90,16 @@ def test_clean_network(lab: Lab) -> None:
     assert len(by_pair(lab, f"kube_node_ping_rtt_mdev{{{JOB}}}")) == len(PAIRS)
 
 
-def test_inbound_loss_at_a_node_and_a_broken_link(lab: Lab) -> None:
+def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
     lab.apply(Fault("inbound", "node-2", percent=30))
+    lab.apply(Fault("outbound", "node-5", percent=30))
     lab.apply(Fault("link", "node-3", peer="node-4"))
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
-        if pair[1] == "node-2":
+        if pair == ("node-5", "node-2"):  # both: 1 - 0.7 * 0.7
+            assert 0.43 <= value <= 0.59, (pair, value)
+        elif pair[1] == "node-2" or pair[0] == "node-5":
             assert 0.22 <= value <= 0.38, (pair, value)  # 30 % ± 8
         elif pair in (("node-3", "node-4"), ("node-4", "node-3")):
             assert value == 1, (pair, value)
@@ -105,13 +108,19 @@ def test_inbound_loss_at_a_node_and_a_broken_link(lab: Lab) -> None:
     assert len(measured) == len(PAIRS)
 
 
-def test_isolation_and_latency(lab: Lab) -> None:
+def test_isolation_latency_and_flapping(lab: Lab) -> None:
     lab.apply(Fault("isolate", "node-5"))
     lab.apply(Fault("latency", "node-1", delay_ms=20))
+    lab.flap(Fault("inbound", "node-3", percent=100), period=2)  # on 2 s, off 2 s
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
-        assert value == (1 if "node-5" in pair else 0), (pair, value)
+        if "node-5" in pair:
+            assert value == 1, (pair, value)
+        elif pair[1] == "node-3":
+            assert 0.3 <= value <= 0.7, (pair, value)  # down half the time
+        else:
+            assert value == 0, (pair, value)
     # min/max/mdev are absent, not 0, for every pair touching the isolated node
     for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
         present = set(by_pair(lab, f"{gauge}{{{JOB}}}"))

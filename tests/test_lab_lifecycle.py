@@ -1,0 +1,65 @@
+"""The lab leaves nothing behind: after down, after a failed up, and with IPv6."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from lab.cluster import LABS_DIR, Lab, LabConfig, LabError
+from lab.netns import NETNS_DIR
+
+from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, select, wait_for
+
+pytestmark = pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)
+
+
+def leftovers(lab: Lab) -> list[str]:
+    found = [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(lab.prefix + "-")]
+    if lab.workdir.exists():
+        found.append(str(lab.workdir))
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    found += [line for line in ps.splitlines() if str(LABS_DIR / lab.name) in line]
+    return found
+
+
+def test_dual_stack_lab_up_and_down(tmp_path: object) -> None:
+    lab = Lab(f"life{os.getpid()}")
+    try:
+        lab.up(LabConfig(nodes=3, dual_stack=True, prometheus=False))
+        assert len(lab.addresses("node-1")) == 2
+
+        def both_families_answered() -> bool:
+            samples = parse_metrics(lab.agent_metrics("node-1"))
+            received = select(samples, "kube_node_ping_packets_received_total")
+            return len(received) == 4 and all(v > 0 for v in received.values())
+
+        wait_for(both_families_answered, 10, "node-1 reaching both peers over IPv4 and IPv6")
+        samples = parse_metrics(lab.agent_metrics("node-1"))
+        addresses = {
+            dict(k)["destination_node_ip_address"]
+            for k in select(samples, "kube_node_ping_packets_sent_total")
+        }
+        assert addresses == {"198.18.0.2", "198.18.0.3", "fd00:198:18::2", "fd00:198:18::3"}
+        with pytest.raises(LabError, match="IPv4-only"):
+            from lab.faults import Fault
+
+            lab.apply(Fault("latency", "node-2", delay_ms=5))
+    finally:
+        lab.down()
+    assert leftovers(lab) == []
+    lab.down()  # idempotent
+
+
+def test_a_failed_up_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prometheus made to look missing, so `up` fails after namespaces and agents exist."""
+    real_which = shutil.which
+    monkeypatch.setattr(
+        "lab.cluster.shutil.which", lambda name: None if name == "prometheus" else real_which(name)
+    )
+    lab = Lab(f"fail{os.getpid()}")
+    with pytest.raises(LabError, match="'prometheus' is not installed"):
+        lab.up(LabConfig(nodes=2))
+    assert leftovers(lab) == []
