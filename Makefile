@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
-.PHONY: run test deps lint typecheck e2e demo bench clean
+.PHONY: run test deps lint typecheck e2e demo bench sync-chart clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	scripts/install-system-deps.sh
 	mkdir -p .cache && touch $@
 
-deps: $(VENV)/.installed .cache/system-deps
+# Helm 3, Helm 4 and the chart linter, built from the Go module proxy once.
+.cache/tools: scripts/install-tools.sh
+	scripts/install-tools.sh
+	touch $@
+
+deps: $(VENV)/.installed .cache/system-deps .cache/tools
+
+# The chart carries copies of rules/ and dashboards/ (Helm reads only its own files).
+sync-chart:
+	rm -rf chart/rules chart/dashboards
+	cp -r rules chart/rules
+	cp -r dashboards chart/dashboards
 
 # The agent on a built-in default: three loopback peers, /metrics on localhost.
 run: $(VENV)/.installed

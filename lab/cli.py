@@ -111,9 +111,9 @@ def parse_fault(args: argparse.Namespace) -> Fault:
 
 LOSS_BY_PAIR = (
     "1 - sum by (source_node, destination_node) "
-    '(increase(kube_node_ping_packets_received_total{{job="node-ping"}}[{w}]))'
+    '(increase(kube_node_ping_packets_received_total{{job="node-ping-exporter"}}[{w}]))'
     " / sum by (source_node, destination_node) "
-    '(increase(kube_node_ping_packets_sent_total{{job="node-ping"}}[{w}]))'
+    '(increase(kube_node_ping_packets_sent_total{{job="node-ping-exporter"}}[{w}]))'
 )
 
 

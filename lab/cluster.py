@@ -415,10 +415,11 @@ class Lab:
             "rule_files": rules,
             "scrape_configs": [
                 {
-                    "job_name": "node-ping",
+                    "job_name": "node-ping-exporter",  # as the chart relabels it
                     "file_sd_configs": [
                         {"files": [str(self.workdir / "targets.json")], "refresh_interval": "5s"}
                     ],
+                    "relabel_configs": [{"source_labels": ["node"], "target_label": "instance"}],
                 },
                 {"job_name": "node-exporter", "static_configs": [{"targets": [NODE_EXPORTER]}]},
             ],

@@ -27,7 +27,7 @@ NODES = [f"node-{i}" for i in range(1, 6)]
 PAIRS = [(s, d) for s in NODES for d in NODES if s != d]
 WINDOW = 20  # seconds of data behind each PromQL check
 SETTLE = WINDOW + 7  # the window, one 5 s scrape, slack
-JOB = 'job="node-ping"'
+JOB = 'job="node-ping-exporter"'
 
 
 @pytest.fixture(scope="module")
