@@ -28,70 +28,54 @@ CRDS = ROOT.parent / "shared" / "crds"
 KUBERNETES_VERSIONS = ["1.31.0", "1.35.0"]
 NAMESPACE = "kube-prometheus"
 
+
+def sets(*values: str) -> list[str]:
+    """--set arguments; a value starting with json: goes through --set-json."""
+    args: list[str] = []
+    for value in values:
+        args += ["--set-json", value[5:]] if value.startswith("json:") else ["--set", value]
+    return args
+
+
 MATRIX: dict[str, list[str]] = {
     "defaults": [],
-    "textfile": ["--set", "output=textfile"],
-    "both outputs": ["--set", "output=both", "--set", "textfile.hostPath=/run/textfile"],
-    "raw mode": ["--set", "icmp.mode=raw"],
-    "auto mode with ping_group_range init": [
-        "--set",
-        "icmp.mode=auto",
-        "--set",
-        "icmp.setPingGroupRange=true",
-    ],
-    "file discovery": [
-        "--set",
+    "textfile": sets("output=textfile"),
+    "both outputs": sets("output=both", "textfile.hostPath=/run/textfile"),
+    "raw mode": sets("icmp.mode=raw"),
+    "auto mode with ping_group_range init": sets("icmp.mode=auto", "icmp.setPingGroupRange=true"),
+    "file discovery": sets(
         "discovery.mode=file",
-        "--set-json",
-        'discovery.peers=[{"name":"node-a","ipAddress":"10.0.0.1"},'
+        'json:discovery.peers=[{"name":"node-a","ipAddress":"10.0.0.1"},'
         '{"name":"node-b","ipAddress":"fd00::2"}]',
-    ],
-    "all monitors off": [
-        "--set",
+    ),
+    "all monitors off": sets(
         "serviceMonitor.enabled=false",
-        "--set",
         "podMonitor.enabled=false",
-        "--set",
         "prometheusRule.enabled=false",
-        "--set",
         "dashboards.enabled=false",
-    ],
-    "monitors, rules and dashboards on": [
-        "--set",
+    ),
+    "monitors, rules and dashboards on": sets(
         "serviceMonitor.enabled=true",
-        "--set",
         "podMonitor.enabled=true",
-        "--set",
         "prometheusRule.enabled=true",
-        "--set",
         "dashboards.enabled=true",
-        "--set",
         "serviceMonitor.labels.release=kube-prometheus-stack",
-        "--set",
         "podMonitor.labels.release=kube-prometheus-stack",
-        "--set",
         "prometheusRule.labels.release=kube-prometheus-stack",
-    ],
-    "external targets": [
-        "--set-json",
-        'externalTargets=[{"host":"10.1.2.3","name":"gateway"},{"host":"dns.example.internal"}]',
-    ],
-    "overrides": [
-        "--set",
+    ),
+    "external targets": sets(
+        'json:externalTargets=[{"host":"10.1.2.3","name":"gateway"},'
+        '{"host":"dns.example.internal"}]'
+    ),
+    "overrides": sets(
         "fullnameOverride=npe",
-        "--set",
         "namespaceOverride=monitoring",
-        "--set",
         "image.digest=sha256:" + "a" * 64,
-        "--set",
         "priorityClassName=system-node-critical",
-        "--set-json",
-        'extraArgs=["--log-level","debug"]',
-        "--set-json",
-        'extraEnv=[{"name":"FOO","value":"bar"}]',
-        "--set-json",
-        'imagePullSecrets=[{"name":"registry"}]',
-    ],
+        'json:extraArgs=["--log-level","debug"]',
+        'json:extraEnv=[{"name":"FOO","value":"bar"}]',
+        'json:imagePullSecrets=[{"name":"registry"}]',
+    ),
 }
 
 
