@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 from .icmp import IcmpUnavailable
 from .logs import setup_logging
 
@@ -23,6 +23,22 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def check_config(settings: Settings) -> str:
+    """Validate without running: the settings, and the peers file in file discovery."""
+    from .app import choose_discovery
+    from .config import DiscoveryMode
+    from .discovery.file import load_initial
+
+    mode = choose_discovery(settings)
+    detail = ""
+    if mode is DiscoveryMode.FILE:
+        _, nodes = load_initial(settings.peers_file)
+        detail = f", {len(nodes)} peer addresses in {settings.peers_file}"
+    elif mode is DiscoveryMode.STATIC:
+        detail = f", {len(settings.peers)} static peers"
+    return f"configuration OK: node {settings.node_name}, discovery {mode.value}{detail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--version" in args:
@@ -30,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(args, dict(os.environ))
+        if "--check-config" in args:
+            print(check_config(settings))
+            return 0
         setup_logging(settings.log_format.value, settings.log_level)
         from .app import Agent  # heavy imports only once the settings are good
 

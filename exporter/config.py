@@ -362,6 +362,11 @@ def build_parser(prog: str = "node-ping-exporter") -> argparse.ArgumentParser:
         help="YAML file with settings (keys = flag names with underscores); env NODE_PING_CONFIG",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the settings (and the peers file) and exit",
+    )
     for name, field in Settings.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         kwargs: dict[str, Any] = {
@@ -420,6 +425,7 @@ def load_settings(argv: list[str], environ: dict[str, str]) -> Settings:
     """Settings from argv, the environment and the config file (``--config``)."""
     cli = vars(build_parser().parse_args(argv))
     cli.pop("version", None)
+    cli.pop("check_config", None)
     config_path = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     token = _yaml_values.set(load_yaml(Path(config_path)) if config_path else {})
     try:

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# Builds the Go tools the chart checks use, from the Go module proxy, into
-# .cache/bin; skips what is already built (a fresh machine pays ~5 min once).
+# Installs the tools the chart checks use, into .cache: Helm 3 and Helm 4 built
+# from the Go module proxy, checkov from PyPI. Skips what is already there (a
+# fresh machine pays a few minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM3_VERSION=v3.19.0
-HELM4_VERSION=v4.0.0
-KUBE_LINTER_VERSION=v0.7.6
+HELM4_VERSION=v4.3.1
 bin=.cache/bin
 mkdir -p "$bin"
-if ! command -v go >/dev/null 2>&1; then
-  echo "Go is not installed: the chart checks will skip" >&2
-  exit 0
-fi
 build() {  # name module version
   local name=$1 module=$2 version=$3 stamp="$bin/.$1-$3"
   [ -x "$bin/$name" ] && [ -e "$stamp" ] && return 0
@@ -21,6 +17,19 @@ build() {  # name module version
   mv "$tmp"/* "$bin/$name"; rmdir "$tmp"
   rm -f "$bin/.$name-"*; touch "$stamp"
 }
-build helm3 helm.sh/helm/v3/cmd/helm "$HELM3_VERSION"
-build helm4 helm.sh/helm/v4/cmd/helm "$HELM4_VERSION"
-build kube-linter golang.stackrox.io/kube-linter/cmd/kube-linter "$KUBE_LINTER_VERSION"
+if command -v go >/dev/null 2>&1; then
+  build helm3 helm.sh/helm/v3/cmd/helm "$HELM3_VERSION"
+  build helm4 helm.sh/helm/v4/cmd/helm "$HELM4_VERSION"
+else
+  echo "Go is not installed: the chart checks will skip" >&2
+fi
+
+# checkov (PyPI) in a virtualenv of its own: its dependencies must not move ours.
+CHECKOV_VERSION=3.3.30
+if [ ! -e ".cache/checkov/.checkov-$CHECKOV_VERSION" ]; then
+  echo "installing checkov $CHECKOV_VERSION"
+  rm -rf .cache/checkov
+  "${PYTHON:-python3}" -m venv .cache/checkov
+  .cache/checkov/bin/pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  touch ".cache/checkov/.checkov-$CHECKOV_VERSION"
+fi
