@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
-.PHONY: run test deps lint typecheck e2e demo bench sync-chart clean
+.PHONY: run test deps lint typecheck e2e demo bench image sync-chart clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ demo: deps
 
 bench: deps
 	$(PY) -m benchmarks.bench
+
+# The container image, built with buildah from a debootstrap base (root).
+image:
+	scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache *.egg-info

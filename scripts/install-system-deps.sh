@@ -6,7 +6,8 @@ set -euo pipefail
 
 need=()
 for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux \
-  prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter; do
+  prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter \
+  buildah:buildah debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
