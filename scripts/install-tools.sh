@@ -6,8 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM3_VERSION=v3.19.0
 HELM4_VERSION=v4.3.1
-bin=.cache/bin
-mkdir -p "$bin"
+# Built once per machine, outside the clone (a fresh clone reuses them);
+# .cache/bin and .cache/checkov in the clone point there.
+store=${NPE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/node-ping-exporter}
+bin=$store/bin
+mkdir -p "$bin" .cache
+ln -sfn "$bin" .cache/bin
 build() {  # name module version
   local name=$1 module=$2 version=$3 stamp="$bin/.$1-$3"
   [ -x "$bin/$name" ] && [ -e "$stamp" ] && return 0
@@ -26,10 +30,12 @@ fi
 
 # checkov (PyPI) in a virtualenv of its own: its dependencies must not move ours.
 CHECKOV_VERSION=3.3.30
-if [ ! -e ".cache/checkov/.checkov-$CHECKOV_VERSION" ]; then
+checkov=$store/checkov
+if [ ! -e "$checkov/.checkov-$CHECKOV_VERSION" ]; then
   echo "installing checkov $CHECKOV_VERSION"
-  rm -rf .cache/checkov
-  "${PYTHON:-python3}" -m venv .cache/checkov
-  .cache/checkov/bin/pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
-  touch ".cache/checkov/.checkov-$CHECKOV_VERSION"
+  rm -rf "$checkov"
+  "${PYTHON:-python3}" -m venv "$checkov"
+  "$checkov/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  touch "$checkov/.checkov-$CHECKOV_VERSION"
 fi
+ln -sfn "$checkov" .cache/checkov

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -286,21 +287,51 @@ def test_chart_copies_equal_the_sources() -> None:
         assert copy == source, f"chart/{folder} differs from {folder}/: run make sync-chart"
 
 
-def test_dashboards_become_labelled_configmaps() -> None:
+def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
+    """Every dashboards/*.json becomes one ConfigMap for the Grafana sidecar (checked on a
+    copy of the chart with one more dashboard, so the check holds whatever dashboards/ has)."""
     helm_binaries()
-    objects = render(["--set", "dashboards.enabled=true", "--set", "dashboards.folder=Net"])
-    dashboards = [
-        o
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    sample = {"title": "Sample", "uid": "npe-sample", "panels": [], "schemaVersion": 39}
+    (chart / "dashboards" / "zz-sample.json").write_text(json.dumps(sample))
+    files = sorted((chart / "dashboards").glob("*.json"))
+    result = subprocess.run(
+        [
+            str(HELM3),
+            "template",
+            "npe",
+            str(chart),
+            "--kube-version",
+            KUBERNETES_VERSIONS[-1],
+            *sets(
+                "dashboards.enabled=true",
+                "dashboards.folder=Net",
+                "dashboards.label=my_dashboards",
+                "dashboards.labelValue=yes",
+                "dashboards.folderAnnotation=my_folder",
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    dashboards = {
+        next(iter(o["data"])): o
         for o in by_kind(objects, "ConfigMap")
-        if o["metadata"]["labels"].get("grafana_dashboard") == "1"
-    ]
-    files = sorted((ROOT / "dashboards").glob("*.json"))
-    assert len(dashboards) == len(files)
-    for configmap, path in zip(
-        sorted(dashboards, key=lambda o: next(iter(o["data"]))), files, strict=True
-    ):
-        assert configmap["metadata"]["annotations"] == {"grafana_folder": "Net"}
+        if o["metadata"]["labels"].get("my_dashboards") == "yes"
+    }
+    assert sorted(dashboards) == [p.name for p in files]
+    for path in files:
+        configmap = dashboards[path.name]
+        assert configmap["metadata"]["annotations"] == {"my_folder": "Net"}
         assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
+    assert not [
+        o
+        for o in by_kind(render([]), "ConfigMap")
+        if "grafana_dashboard" in o["metadata"]["labels"]
+    ]  # off by default
 
 
 @pytest.mark.parametrize(
