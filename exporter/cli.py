@@ -1,4 +1,5 @@
-"""Command-line entry point: ``node-ping-exporter [flags]``."""
+"""Command-line entry point: ``node-ping-exporter [flags]`` runs the agent,
+``node-ping-exporter diagnose …`` reads Prometheus and names the culprit."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def check_config(settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["diagnose"]:
+        from .diagnose import main as diagnose
+
+        return diagnose(args[1:])
     if "--version" in args:
         print(f"{PROG} {__version__}")
         return 0

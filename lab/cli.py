@@ -18,9 +18,11 @@ import argparse
 import json
 import sys
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from .cluster import Lab, LabConfig, LabError, all_labs
+from exporter.diagnose import DiagnoseError, Prometheus, diagnose, render_text
+
+from .cluster import PROMETHEUS, Lab, LabConfig, LabError, all_labs
 from .faults import Fault
 from .netns import can_create_namespaces
 
@@ -109,35 +111,26 @@ def parse_fault(args: argparse.Namespace) -> Fault:
     )
 
 
-LOSS_BY_PAIR = (
-    "1 - sum by (source_node, destination_node) "
-    '(increase(kube_node_ping_packets_received_total{{job="node-ping-exporter"}}[{w}]))'
-    " / sum by (source_node, destination_node) "
-    '(increase(kube_node_ping_packets_sent_total{{job="node-ping-exporter"}}[{w}]))'
-)
+class LabPrometheus(Prometheus):
+    """diagnose's Prometheus client, querying through the lab's hub namespace."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(f"http://{PROMETHEUS} (in {lab.hub.name})")
+        self.lab = lab
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        try:
+            return self.lab.query(expr)
+        except LabError as exc:
+            raise DiagnoseError(str(exc)) from None
 
 
 def loss_matrix(lab: Lab, window: str) -> str:
-    """Packet loss per pair from Prometheus, as a table: rows sources, columns destinations."""
-    loss = {
-        (r["metric"]["source_node"], r["metric"]["destination_node"]): float(r["value"][1])
-        for r in lab.query(LOSS_BY_PAIR.format(w=window))
-    }
-    nodes = lab.nodes()
-    width = max(len(n) for n in nodes) + 2
-    lines = [
-        f"packet loss % over the last {window} (rows: source, columns: destination)",
-        " " * width + "".join(f"{n:>{width}}" for n in nodes),
-    ]
-    for source in nodes:
-        cells = []
-        for destination in nodes:
-            value = loss.get((source, destination))
-            cells.append(
-                "-" if source == destination else "n/a" if value is None else f"{value * 100:.1f}"
-            )
-        lines.append(f"{source:<{width}}" + "".join(f"{c:>{width}}" for c in cells))
-    return "\n".join(lines)
+    """Packet loss per pair from the lab's Prometheus, with diagnose's verdicts."""
+    try:
+        return render_text(diagnose(LabPrometheus(lab), window))
+    except DiagnoseError as exc:
+        raise LabError(str(exc)) from None
 
 
 def run_demo(lab: Lab, seconds: float) -> None:
@@ -152,7 +145,7 @@ def run_demo(lab: Lab, seconds: float) -> None:
         )
         time.sleep(seconds)
         print(loss_matrix(lab, "30s"))
-        print("\nnode-3's column shows the loss: the problem is at node-3 (or its link).")
+        print("\nnode-3's column shows the loss, and the verdict names it.")
     finally:
         lab.down()
         print("lab removed.")

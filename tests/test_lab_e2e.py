@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from exporter.diagnose import diagnose
+from lab.cli import LabPrometheus
 from lab.cluster import Lab, LabConfig
 from lab.faults import Fault
 from lab.responder import ResponderUnavailable, ensure_responder
@@ -79,6 +81,11 @@ def mean_rtt(lab: Lab) -> dict[tuple[str, str], float]:
     )
 
 
+def kinds_and_subjects(lab: Lab) -> set[tuple[str, str]]:
+    """What `diagnose` concludes from the lab's Prometheus over the same window."""
+    return {(v.kind, v.subject) for v in diagnose(LabPrometheus(lab), f"{WINDOW}s").verdicts}
+
+
 def test_clean_network(lab: Lab) -> None:
     wait_for(lambda: len(loss(lab, 10)) == len(PAIRS), 30, "every pair in Prometheus", step=1)
     time.sleep(6)
@@ -88,6 +95,7 @@ def test_clean_network(lab: Lab) -> None:
     gauges = by_pair(lab, f"kube_node_ping_rtt_min{{{JOB}}}")
     assert set(gauges) == set(PAIRS) and all(0 < v < 5 for v in gauges.values()), gauges
     assert len(by_pair(lab, f"kube_node_ping_rtt_mdev{{{JOB}}}")) == len(PAIRS)
+    assert diagnose(LabPrometheus(lab), "10s").verdicts == []
 
 
 def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
@@ -106,6 +114,12 @@ def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
         else:
             assert value == 0, (pair, value)
     assert len(measured) == len(PAIRS)
+    assert kinds_and_subjects(lab) == {
+        ("inbound", "node-2"),
+        ("outbound", "node-5"),
+        ("link", "node-3 → node-4"),
+        ("link", "node-4 → node-3"),
+    }
 
 
 def test_isolation_latency_and_flapping(lab: Lab) -> None:
@@ -133,6 +147,11 @@ def test_isolation_latency_and_flapping(lab: Lab) -> None:
             assert abs(value - 20) <= 1, (source, destination, value)
         else:
             assert value < 1, (source, destination, value)
+    assert kinds_and_subjects(lab) == {
+        ("unreachable", "node-5"),
+        ("inbound", "node-3"),
+        ("slow", "node-1"),
+    }
 
 
 def test_node_removed_from_the_peer_list(lab: Lab) -> None:

@@ -231,6 +231,17 @@ def test_single_bad_pair_among_many(tmp_path: Path) -> None:
     run_promtool(tmp_path, [case(cluster, checks)])
 
 
+def test_a_node_fault_and_a_link_fault_at_once(tmp_path: Path) -> None:
+    """Inbound loss at c and a broken a → b: a's loss towards c is c's doing, so a is not
+    blamed as a source; the link keeps its own alert."""
+    cluster = Cluster(FOUR, loss={**into("c", FOUR, 0.4), ("a", "b"): 0.5})
+    expected = [
+        ("NodePingNodeInboundLoss", {"destination_node": "c"}),
+        ("NodePingLinkLoss", {"source_node": "a", "destination_node": "b"}),
+    ]
+    run_promtool(tmp_path, [case(cluster, [firing(expected, "30m")])])
+
+
 def test_both_directions_of_a_link(tmp_path: Path) -> None:
     cluster = Cluster(SIX, loss={("b", "c"): 1.0, ("c", "b"): 1.0})
     expected = [
