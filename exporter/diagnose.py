@@ -186,7 +186,8 @@ def verdicts(
         # pairs towards a destination found faulty above are explained by it
         pairs = [p for p in pairs if p[1] not in unreachable | inbound]
         lossy, total = share(pairs, loss_threshold)
-        if node not in unreachable and total and lossy / total > share_threshold:
+        # a node faulty both ways is one (inbound) verdict, as in the alert rules
+        if node not in unreachable | inbound and total and lossy / total > share_threshold:
             outbound.add(node)
             found.append(
                 Verdict(

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--output", choices=["http", "textfile", "both"], default="both")
     up.add_argument("--interval", type=float, default=0.05, help="agents' probe interval")
     up.add_argument("--no-prometheus", action="store_true")
+    up.add_argument(
+        "--fast-alerts",
+        action="store_true",
+        help="load the alert rules with 30 s windows and 20 s `for`",
+    )
     down = commands.add_parser("down", help="remove everything the lab made")
     down.add_argument("--all", action="store_true", help="every lab on this machine")
     commands.add_parser("status")

@@ -135,10 +135,13 @@ def test_isolation_latency_and_flapping(lab: Lab) -> None:
             assert 0.3 <= value <= 0.7, (pair, value)  # down half the time
         else:
             assert value == 0, (pair, value)
-    # min/max/mdev are absent, not 0, for every pair touching the isolated node
+    # min/max/mdev are absent, not 0, for every pair touching the isolated node (pairs
+    # into the flapping node-3 come and go with the flaps: left out)
     for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
         present = set(by_pair(lab, f"{gauge}{{{JOB}}}"))
-        assert present == {p for p in PAIRS if "node-5" not in p}, gauge
+        assert not {p for p in present if "node-5" in p}, gauge
+        steady = {p for p in PAIRS if "node-5" not in p and p[1] != "node-3"}
+        assert steady <= present, gauge
     rtt = mean_rtt(lab)
     for (source, destination), value in rtt.items():
         if "node-5" in (source, destination):

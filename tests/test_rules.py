@@ -355,3 +355,26 @@ def test_thresholds_are_read_from_the_threshold_series(tmp_path: Path) -> None:
     expected = [("NodePingLinkLoss", {"source_node": "a", "destination_node": "b"})]
     run_promtool(tmp_path, [case(cluster, [firing(expected, "30m")])], rules=custom)
     run_promtool(tmp_path, [case(cluster, [firing([], "30m")])])  # default: quiet
+
+
+def test_every_alert_has_its_runbook_and_annotations() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    sections = {line[3:].strip() for line in runbooks.splitlines() if line.startswith("## ")}
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        name = alert["alert"]
+        assert name in sections, f"docs/runbooks.md has no section for {name}"
+        annotations = alert["annotations"]
+        assert annotations["runbook_url"] == f"docs/runbooks.md#{name.lower()}"
+        assert annotations["summary"] and annotations["description"]
+        assert alert["labels"]["severity"] in ("critical", "warning", "info")
+
+
+def test_a_node_lossy_both_ways_is_one_alert(tmp_path: Path) -> None:
+    """Flapping or partial loss in and out of b: one NodePingNodeInboundLoss{b}, not also
+    an outbound alert for the same node."""
+    cluster = Cluster(FOUR, loss={**into("b", FOUR, 0.5), **out_of("b", FOUR, 0.5)})
+    expected = [("NodePingNodeInboundLoss", {"destination_node": "b"})]
+    run_promtool(tmp_path, [case(cluster, [firing(expected, "30m")])])
