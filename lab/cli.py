@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> None:
                 output=args.output,
                 interval=args.interval,
                 prometheus=not args.no_prometheus,
+                fast_alerts=args.fast_alerts,
             )
         )
         print(lab.status())
