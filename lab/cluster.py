@@ -83,7 +83,9 @@ class LabState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabState:
         data = dict(data)
-        data["config"] = LabConfig(**data["config"])
+        # Keys this version does not know (a state file from another version) are dropped.
+        known = LabConfig.__dataclass_fields__
+        data["config"] = LabConfig(**{k: v for k, v in data["config"].items() if k in known})
         data["faults"] = [Fault.from_json(f) for f in data["faults"]]
         return cls(**data)
 
