@@ -63,6 +63,8 @@ class LabConfig:
     # Load a copy of the rules with 30 s windows and 20 s `for`, so alerts fire
     # within a minute (the lab's alert tests; production keeps 5 m windows).
     fast_alerts: bool = False
+    # External targets every agent probes ("name=address"); the hub answers pings.
+    external_targets: list[str] = field(default_factory=lambda: [f"hub={HUB_V4}"])
 
 
 @dataclass
@@ -277,6 +279,8 @@ class Lab:
             "--log-format",
             "json",
         ]
+        for target in config.external_targets:
+            args += ["--external-target", target]
         return self._spawn(self.namespace(node), args, f"agent-{node}.log")
 
     def _spawn(self, ns: Namespace, args: list[str], log_name: str) -> int:

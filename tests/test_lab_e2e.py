@@ -9,6 +9,7 @@ saves a window without weakening either check.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from lab.cluster import Lab, LabConfig
 from lab.faults import Fault
 from lab.responder import ResponderUnavailable, ensure_responder
 
-from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, select, wait_for
+from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, select, wait_for
+from .test_dashboards import queries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)]
 
@@ -81,6 +83,20 @@ def mean_rtt(lab: Lab) -> dict[tuple[str, str], float]:
     )
 
 
+def lab_substitute(expr: str) -> str:
+    """Dashboard variables as Grafana would set them for the last WINDOW seconds."""
+    for name, value in (
+        ("$__rate_interval", f"{WINDOW}s"),
+        ("$__range", f"{WINDOW}s"),
+        ("$job", "node-ping-exporter"),
+        ("$source_node", ".+"),
+        ("$destination_node", ".+"),
+        ("$destination_name", ".+"),
+    ):
+        expr = expr.replace(name, value)
+    return expr
+
+
 def kinds_and_subjects(lab: Lab) -> set[tuple[str, str]]:
     """What `diagnose` concludes from the lab's Prometheus over the same window."""
     return {(v.kind, v.subject) for v in diagnose(LabPrometheus(lab), f"{WINDOW}s").verdicts}
@@ -120,6 +136,18 @@ def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
         ("link", "node-3 → node-4"),
         ("link", "node-4 → node-3"),
     }
+    # Every dashboard query returns data from this Prometheus (the error panels have
+    # no series while nothing fails), and the matrix shows node-2's column.
+    for path in (ROOT / "dashboards").glob("*.json"):
+        for title, target in queries(json.loads(path.read_text())):
+            expr = lab_substitute(target["expr"])
+            if "send_errors" in expr or "resolve_errors" in expr:
+                continue
+            assert lab.query(expr), f"{path.name}: {title}: no data for {expr}"
+    matrix = json.loads((ROOT / "dashboards" / "node-connectivity.json").read_text())
+    cells = by_pair(lab, lab_substitute(matrix["panels"][0]["targets"][0]["expr"]))
+    assert all(22 <= cells[(s, "node-2")] <= 38 for s in NODES if s != "node-2"), cells
+    assert cells[("node-1", "node-3")] == 0
 
 
 def test_isolation_latency_and_flapping(lab: Lab) -> None:
