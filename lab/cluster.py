@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from .faults import TABLE, Fault, node_ruleset
+from .faults import TABLE, Fault, network_ruleset
 from .netns import NETNS_DIR, Namespace, can_create_namespaces, sh
 from .responder import ensure_responder
 
@@ -233,7 +233,6 @@ class Lab:
                 else:
                     ns.ip("addr", "add", f"{address}/24", "dev", "eth0")
             ns.sysctl("net.ipv4.ping_group_range", "0 2147483647")
-            ns.nft(node_ruleset(node, [], {}))
 
     # -- agents -----------------------------------------------------------------
 
@@ -387,12 +386,12 @@ class Lab:
 
     def _sync_faults(self, state: LabState) -> None:
         addresses = {node: self.addresses(node, state) for node in self.nodes(state)}
+        self.hub.nft(
+            f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+            + network_ruleset(state.faults, addresses)
+        )
         for node in self.nodes(state):
             ns = self.namespace(node)
-            ns.nft(
-                f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-                + node_ruleset(node, state.faults, addresses)
-            )
             delays = [f.delay_ms for f in state.faults if f.kind == "latency" and f.node == node]
             running = state.responders.get(node)
             if running is not None and not delays:

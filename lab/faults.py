@@ -1,8 +1,9 @@
 """Faults the lab can inject, and the nftables rules each one becomes.
 
-Every node namespace has one nftables table, ``npelab``; whenever the faults
-change, the lab rewrites the whole table of each node from the list of active
-faults, so applying and clearing are the same idempotent operation. Latency is
+The hub's bridge has one nftables table, ``npelab`` (bridge family, forward
+hook): the "network" between the nodes. Whenever the faults change, the lab
+rewrites the whole table from the list of active faults, so applying and
+clearing are the same idempotent operation. Latency is
 not an nftables rule: the node's kernel echo replies are turned off and the
 delayed responder answers instead (see Lab).
 
@@ -13,7 +14,7 @@ Loss shapes, chosen so that each points at one culprit:
 - ``outbound`` loss drops the echo requests the node *sends*: only the pairs
   from that node lose packets (the node or its uplink is at fault);
 - a ``link`` drops echo requests from one node to another (one or both ways);
-- ``isolate`` drops all ICMP in and out of the node.
+- ``isolate`` drops all ICMP in and out of the node (its link is down for ICMP).
 """
 
 from __future__ import annotations
@@ -62,44 +63,47 @@ def _drop(percent: float) -> str:
 ECHO_REQUESTS = ("icmp type echo-request", "icmpv6 type echo-request")
 
 
-def _echo_rules(percent: float, match: str = "") -> list[str]:
-    """Drop rules for IPv4 and IPv6 echo requests (one rule per family)."""
-    prefix = f"{match} " if match else ""
-    return [f"{prefix}{echo} {_drop(percent)}" for echo in ECHO_REQUESTS]
+def network_ruleset(faults: list[Fault], addresses: dict[str, list[str]]) -> str:
+    """The complete ``npelab`` table of the hub's bridge (recreated from scratch).
 
+    Loss is injected in the network, on the bridge between the nodes, not in the
+    nodes' own firewalls: a node's dropped request then simply gets no reply, as
+    on a lossy link, instead of failing its sendto with EPERM.
+    """
+    rules: list[str] = []
 
-def node_ruleset(node: str, faults: list[Fault], addresses: dict[str, list[str]]) -> str:
-    """The complete ``npelab`` table for one node (recreated from scratch)."""
-    inbound: list[str] = []
-    outbound: list[str] = []
+    def drop(percent: float, source: str | None = None, destination: str | None = None) -> None:
+        for family, echo in (("ip", "icmp type echo-request"), ("ip6", "icmpv6 type echo-request")):
+            matches = []
+            for direction, node in (("saddr", source), ("daddr", destination)):
+                if node is not None:
+                    wanted = [a for a in addresses[node] if (":" in a) == (family == "ip6")]
+                    if not wanted:
+                        break
+                    matches.append(f"{family} {direction} {{ {', '.join(wanted)} }}")
+            else:
+                rules.append(" ".join([*matches, echo, _drop(percent)]))
+
     for fault in faults:
-        if fault.kind == "isolate" and fault.node == node:
-            inbound.append("meta l4proto { icmp, ipv6-icmp } drop")
-            outbound.append("meta l4proto { icmp, ipv6-icmp } drop")
-        elif fault.kind == "inbound" and fault.node == node:
-            inbound += _echo_rules(fault.percent)
-        elif fault.kind == "outbound" and fault.node == node:
-            outbound += _echo_rules(fault.percent)
+        if fault.kind == "isolate":
+            for address in addresses[fault.node]:
+                family = "ip6" if ":" in address else "ip"
+                protocol = "ipv6-icmp" if family == "ip6" else "icmp"
+                rules.append(f"{family} saddr {address} meta l4proto {protocol} drop")
+                rules.append(f"{family} daddr {address} meta l4proto {protocol} drop")
+        elif fault.kind == "inbound":
+            drop(fault.percent, destination=fault.node)
+        elif fault.kind == "outbound":
+            drop(fault.percent, source=fault.node)
         elif fault.kind == "link":
-            directions = [(fault.node, fault.peer)]
+            drop(fault.percent, source=fault.node, destination=fault.peer)
             if fault.both_ways:
-                directions.append((fault.peer, fault.node))
-            for source, destination in directions:
-                if source != node:
-                    continue
-                for address in addresses[destination]:
-                    family = "ip6" if ":" in address else "ip"
-                    echo = ECHO_REQUESTS[family == "ip6"]
-                    outbound.append(f"{family} daddr {address} {echo} {_drop(fault.percent)}")
+                drop(fault.percent, source=fault.peer, destination=fault.node)
     lines = [
-        f"table inet {TABLE} {{",
-        "chain input {",
-        "type filter hook input priority 0; policy accept;",
-        *inbound,
-        "}",
-        "chain output {",
-        "type filter hook output priority 0; policy accept;",
-        *outbound,
+        f"table bridge {TABLE} {{",
+        "chain forward {",
+        "type filter hook forward priority 0; policy accept;",
+        *rules,
         "}",
         "}",
     ]

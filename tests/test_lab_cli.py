@@ -7,7 +7,7 @@ import sys
 
 from lab.cli import build_parser, parse_fault
 from lab.cluster import Lab, LabError
-from lab.faults import Fault, node_ruleset
+from lab.faults import Fault, network_ruleset
 
 from .conftest import ROOT
 
@@ -54,14 +54,15 @@ def test_bad_fault_arguments() -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_rulesets_drop_only_what_each_fault_names() -> None:
+def test_the_network_ruleset_drops_only_what_each_fault_names() -> None:
     addresses = {"a": ["198.18.0.1"], "b": ["198.18.0.2", "fd00:198:18::2"], "c": ["198.18.0.3"]}
     faults = [Fault("inbound", "a", percent=30), Fault("link", "b", peer="c", both_ways=False)]
-    a = node_ruleset("a", faults, addresses)
-    assert "icmp type echo-request numgen random mod 10000 < 3000 drop" in a
-    assert "icmpv6 type echo-request numgen random mod 10000 < 3000 drop" in a
-    assert a.index("numgen") < a.index("chain output")  # inbound: the input chain
-    b = node_ruleset("b", faults, addresses)
-    assert "ip daddr 198.18.0.3 icmp type echo-request drop" in b
-    c = node_ruleset("c", faults, addresses)
-    assert "drop" not in c  # one way only: c -> b is untouched
+    rules = network_ruleset(faults, addresses)
+    assert (
+        "ip daddr { 198.18.0.1 } icmp type echo-request numgen random mod 10000 < 3000 drop"
+        in rules
+    )
+    assert "ip saddr { 198.18.0.2 } ip daddr { 198.18.0.3 } icmp type echo-request drop" in rules
+    assert "ip saddr { 198.18.0.3 } ip daddr { 198.18.0.2 }" not in rules  # one way only
+    assert "ip6" not in rules  # a and c have no IPv6: no IPv6 rule for these faults
+    assert rules.startswith("table bridge npelab {")
