@@ -378,3 +378,52 @@ def test_a_node_lossy_both_ways_is_one_alert(tmp_path: Path) -> None:
     cluster = Cluster(FOUR, loss={**into("b", FOUR, 0.5), **out_of("b", FOUR, 0.5)})
     expected = [("NodePingNodeInboundLoss", {"destination_node": "b"})]
     run_promtool(tmp_path, [case(cluster, [firing(expected, "30m")])])
+
+
+def test_every_recording_rule_value(tmp_path: Path) -> None:
+    """Each recorded series, on one scenario: 30 % inbound loss at c, RTT 0.5 ms, plus an
+    external target that loses 30 % and answers in 2 ms."""
+    extra = []
+    for source in FOUR:
+        labels = f'job="{JOB}",source_node="{source}",destination_name="gw",destination_host="gw"'
+        extra += [
+            {"series": f"external_ping_packets_sent_total{{{labels}}}", "values": "0+60x40"},
+            {"series": f"external_ping_packets_received_total{{{labels}}}", "values": "0+42x40"},
+            {"series": f"external_ping_rtt_milliseconds_total{{{labels}}}", "values": "0+84x40"},
+        ]
+    cluster = Cluster(FOUR, loss=into("c", FOUR, 0.3), extra=extra)
+    pair = '{source_node="a",destination_node="c"}'
+    clean_pair = '{source_node="a",destination_node="b"}'
+    expected: list[tuple[str, str, float]] = [
+        ("node_ping:pair_sent:rate5m", pair, 1.0),
+        ("node_ping:pair_received:rate5m", pair, 0.7),
+        ("node_ping:pair_loss:ratio5m", pair, 0.3),
+        ("node_ping:pair_rtt:mean_ms5m", pair, 0.5),
+        ("node_ping:pair_loss_established:ratio5m", pair, 0.3),
+        ("node_ping:pair_rtt_established:mean_ms5m", pair, 0.5),
+        ("node_ping:pair_loss_source_view:ratio5m", clean_pair, 0.0),
+        ("node_ping:destination_loss:ratio5m", '{destination_node="c"}', 0.3),
+        ("node_ping:destination_lossy_sources:ratio5m", '{destination_node="c"}', 1.0),
+        ("node_ping:destination_unreachable_sources:ratio5m", '{destination_node="c"}', 0.0),
+        ("node_ping:destination_rtt:mean_ms5m", '{destination_node="c"}', 0.5),
+        ("node_ping:destination_slow_sources:ratio5m", '{destination_node="c"}', 0.0),
+        ("node_ping:source_loss:ratio5m", '{source_node="a"}', 0.1),
+        ("node_ping:source_lossy_destinations:ratio5m", '{source_node="a"}', 0.0),
+        ("node_ping:source_unreachable_destinations:ratio5m", '{source_node="a"}', 0.0),
+        ("external_ping:target_loss:ratio5m", '{source_node="a",destination_name="gw"}', 0.3),
+        ("external_ping:target_rtt:mean_ms5m", '{source_node="a",destination_name="gw"}', 2.0),
+        ("external_ping:target_lossy_sources:ratio5m", '{destination_name="gw"}', 1.0),
+        ("external_ping:target_unreachable_sources:ratio5m", '{destination_name="gw"}', 0.0),
+    ]
+    checks = [
+        expect(f"round({name}{labels}, 0.001)", "30m", (labels, value))
+        for name, labels, value in expected
+    ]
+    # pairs towards c are explained by c: a source is judged without them
+    checks.append(expect(f"node_ping:pair_loss_source_view:ratio5m{pair}", "30m"))
+    run_promtool(tmp_path, [case(cluster, checks)])
+    rules = yaml.safe_load(RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    covered = {name for name, _, _ in expected}
+    thresholds = {r for r in recorded if r.startswith("node_ping:threshold:")}
+    assert recorded - thresholds == covered, sorted(recorded - thresholds - covered)
