@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -142,6 +144,25 @@ def agent_factory(net: TargetNetwork) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for agent in started:
         agent.stop()
+
+
+@contextmanager
+def running_lab(name: str, config: Any) -> Iterator[Any]:
+    """A cluster lab for a test module: skipped without Go (latency faults need the
+    responder), always taken down, also after a failure."""
+    from lab.cluster import Lab
+    from lab.responder import ResponderUnavailable, ensure_responder
+
+    try:
+        ensure_responder()
+    except ResponderUnavailable as exc:
+        pytest.skip(str(exc))
+    lab = Lab(f"{name}{os.getpid()}")
+    lab.up(config)
+    try:
+        yield lab
+    finally:
+        lab.down()
 
 
 def write_peers(path: Path, peers: dict[str, str]) -> None:

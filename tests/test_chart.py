@@ -87,13 +87,14 @@ def helm_binaries() -> list[Path]:
     return found
 
 
-def render(args: list[str], helm: Path = HELM3) -> list[dict[str, Any]]:
+def helm_template(args: list[str], helm: Path = HELM3, chart: Path = CHART) -> str:
+    """`helm template` of the chart into the kube-prometheus namespace; the manifests."""
     result = subprocess.run(
         [
             str(helm),
             "template",
             "npe",
-            str(CHART),
+            str(chart),
             "--namespace",
             NAMESPACE,
             "--kube-version",
@@ -104,7 +105,11 @@ def render(args: list[str], helm: Path = HELM3) -> list[dict[str, Any]]:
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout
+
+
+def render(args: list[str], helm: Path = HELM3) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(helm_template(args, helm)) if doc]
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -296,27 +301,15 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
     sample = {"title": "Sample", "uid": "npe-sample", "panels": [], "schemaVersion": 39}
     (chart / "dashboards" / "zz-sample.json").write_text(json.dumps(sample))
     files = sorted((chart / "dashboards").glob("*.json"))
-    result = subprocess.run(
-        [
-            str(HELM3),
-            "template",
-            "npe",
-            str(chart),
-            "--kube-version",
-            KUBERNETES_VERSIONS[-1],
-            *sets(
-                "dashboards.enabled=true",
-                "dashboards.folder=Net",
-                "dashboards.label=my_dashboards",
-                "dashboards.labelValue=yes",
-                "dashboards.folderAnnotation=my_folder",
-            ),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    values = sets(
+        "dashboards.enabled=true",
+        "dashboards.folder=Net",
+        "dashboards.label=my_dashboards",
+        "dashboards.labelValue=yes",
+        "dashboards.folderAnnotation=my_folder",
     )
-    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    manifests = helm_template(values, chart=chart)
+    objects = [d for d in yaml.safe_load_all(manifests) if d]
     dashboards = {
         next(iter(o["data"])): o
         for o in by_kind(objects, "ConfigMap")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .test_chart import HELM3, KUBERNETES_VERSIONS, NAMESPACE, sets
+from .test_chart import HELM3, helm_template, sets
 
 CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
 ALWAYS = {"CKV_K8S_19", "CKV_K8S_11", "CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}
@@ -54,22 +54,7 @@ def test_only_accepted_findings(name: str, tmp_path: Path) -> None:
     if not (HELM3.exists() and CHECKOV.exists()):
         pytest.skip("helm3 or checkov missing: run scripts/install-tools.sh (make deps does)")
     args, accepted = CONFIGURATIONS[name]
-    rendered = subprocess.run(
-        [
-            str(HELM3),
-            "template",
-            "npe",
-            str(ROOT / "chart"),
-            "--namespace",
-            NAMESPACE,
-            "--kube-version",
-            KUBERNETES_VERSIONS[-1],
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    rendered = helm_template(args)
     (tmp_path / "chart.yaml").write_text(rendered)
     # --skip-download: no calls to the vendor's platform, built-in checks only
     result = subprocess.run(

@@ -10,7 +10,6 @@ saves a window without weakening either check.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 
@@ -20,9 +19,8 @@ from exporter.diagnose import diagnose
 from lab.cli import LabPrometheus
 from lab.cluster import Lab, LabConfig
 from lab.faults import Fault
-from lab.responder import ResponderUnavailable, ensure_responder
 
-from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, select, wait_for
+from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, running_lab, select, wait_for
 from .test_dashboards import queries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)]
@@ -36,16 +34,8 @@ JOB = 'job="node-ping-exporter"'
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    try:
-        ensure_responder()
-    except ResponderUnavailable as exc:
-        pytest.skip(str(exc))
-    lab = Lab(f"e2e{os.getpid()}")
-    lab.up(LabConfig(nodes=5, output="both"))
-    try:
+    with running_lab("e2e", LabConfig(nodes=5, output="both")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(autouse=True)
