@@ -27,9 +27,10 @@ async def main(address: str) -> None:
         table.replace(PeerKind.NODE, [PeerKey(PeerKind.NODE, "t", address)])
         probers.append(prober)
     a, b = probers
+    # Same ICMP id and the same sequence numbers at the same moments: what two agents
+    # with PID 1 get from icmplib. Only each process's random payload token differs.
     b.sockets[4].ident = a.sockets[4].ident
     b._counter = a._counter
-    b._token = a._token  # even the token: only the counter slot state can tell them apart
     tasks = [asyncio.create_task(p.run()) for p in probers]
     await asyncio.sleep(2.0)
     for p in probers:
