@@ -74,7 +74,7 @@ def test_every_peer_once_per_interval_spread_evenly() -> None:
     for times in per_peer.values():
         assert 3 <= len(times) <= 5
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(abs(gap - interval) < 0.03 for gap in gaps), gaps
+        assert all(abs(gap - interval) < 0.1 for gap in gaps), gaps  # a tick plus CI jitter
     # 200 peers over 0.5 s = 4 sends per 10 ms tick; a burst would be all 200 at once.
     start, end = sends[0][0], sends[-1][0]
     windows: dict[int, int] = defaultdict(int)
