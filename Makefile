@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
-.PHONY: run test deps lint typecheck e2e demo bench image sync-chart clean
+.PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down demo bench \
+	image sync-chart clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	scripts/install-tools.sh
 	touch $@
 
-deps: $(VENV)/.installed .cache/system-deps .cache/tools
+# kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes Go
+# module (controlplane/go.mod), once per machine: 10-15 minutes cold.
+.cache/controlplane.stamp: scripts/build-controlplane.sh controlplane/go.mod controlplane/go.sum
+	scripts/build-controlplane.sh
+	touch $@
+
+deps: $(VENV)/.installed .cache/system-deps .cache/tools .cache/controlplane.stamp
 
 # The chart carries copies of rules/ and dashboards/ (Helm reads only its own files).
 sync-chart:
@@ -48,6 +55,19 @@ test: deps lint typecheck
 # Only the cluster-lab end-to-end checks (root; part of `make test` too).
 e2e: deps
 	$(PY) -m pytest -m e2e
+
+# Only the checks against a real control plane: helm install/upgrade/uninstall,
+# RBAC, the DaemonSet controller, the lab in Kubernetes-discovery mode (root).
+test-kube: deps
+	$(PY) -m pytest tests/test_kube_chart.py tests/test_kube_lab.py
+
+# A control plane to try things by hand (node-ping-lab up --kubernetes uses it);
+# prints where its admin kubeconfig is. `make controlplane-down` removes it.
+controlplane: deps
+	$(PY) -m lab.controlplane up
+
+controlplane-down: $(VENV)/.installed
+	$(PY) -m lab.controlplane down
 
 # A 4-node lab with Prometheus, one fault, the loss matrix (root; about a minute).
 demo: deps

@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--interval", type=float, default=0.05, help="agents' probe interval")
     up.add_argument("--no-prometheus", action="store_true")
     up.add_argument(
+        "--kubernetes",
+        metavar="CONTROL_PLANE",
+        nargs="?",
+        const="default",
+        default="",
+        help="discover peers from Node objects in a control plane started with "
+        "`node-ping-controlplane up` (its name; default: default)",
+    )
+    up.add_argument(
         "--fast-alerts",
         action="store_true",
         help="load the alert rules with 30 s windows and 20 s `for`",
@@ -171,6 +180,7 @@ def run(args: argparse.Namespace) -> None:
                 interval=args.interval,
                 prometheus=not args.no_prometheus,
                 fast_alerts=args.fast_alerts,
+                kubernetes=args.kubernetes,
             )
         )
         print(lab.status())

@@ -8,7 +8,9 @@ Layout (all of it inside network namespaces the lab creates and removes):
                      table ``npelab`` for faults
 
 Peers come from one peers file (the original ConfigMap format) that every
-agent reads with file discovery. The lab's state (configuration, process ids,
+agent reads with file discovery or, with ``kubernetes`` set, from Node objects
+in a real API server (lab/controlplane.py) that the agents list and watch with
+a token of the chart's service account. The lab's state (configuration, process ids,
 active faults) lives in ``<workdir>/state.json`` so that separate CLI calls
 (``node-ping-lab fault …``) and a pytest fixture drive the same lab; every
 change happens under a file lock, reloading the state first.
@@ -18,11 +20,9 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from .controlplane import LAB_ADDRESS, LAB_PORT, ControlPlane, ControlPlaneError
 from .faults import TABLE, Fault, network_ruleset
+from .kubenodes import LAB_LABEL, create_node, delete_node
 from .netns import NETNS_DIR, Namespace, can_create_namespaces, sh
+from .process import alive, kill_all, spawn
 from .responder import ensure_responder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +46,7 @@ PROMETHEUS = "127.0.0.1:9090"
 NODE_EXPORTER = "127.0.0.1:9100"
 HUB_V4, HUB_V6 = "198.18.0.254", "fd00:198:18::fe"
 RULES_FILE = ROOT / "rules" / "node-ping.rules.yml"  # loaded when it exists
+CHART_NAMESPACE = "kube-prometheus"  # kubernetes mode: where the lab installs the chart
 
 
 class LabError(Exception):
@@ -65,6 +69,10 @@ class LabConfig:
     fast_alerts: bool = False
     # External targets every agent probes ("name=address"); the hub answers pings.
     external_targets: list[str] = field(default_factory=lambda: [f"hub={HUB_V4}"])
+    # Kubernetes discovery: the name of a running control plane (lab/controlplane.py).
+    # The lab installs the chart there, registers a Node per node and the agents
+    # list/watch them with the chart's service account. Empty: a peers file.
+    kubernetes: str = ""
 
 
 @dataclass
@@ -107,6 +115,8 @@ class Lab:
         self.peers_file = self.workdir / "nodes.json"
         self.textfile_dir = self.workdir / "textfile"
         self.logs = self.workdir / "logs"
+        self.kubeconfig = self.workdir / "agent.kubeconfig"  # kubernetes mode
+        self.release = f"npl-{name}"  # the chart's release, kubernetes mode
 
     # -- naming -----------------------------------------------------------------
 
@@ -167,6 +177,9 @@ class Lab:
         try:
             self._build_network(state)
             self._write_peers(state)
+            if config.kubernetes:
+                self._kube_setup(state)
+                self.save(state)
             for node in self.nodes(state):
                 state.agents[node] = self._start_agent(node, state)
             self.save(state)
@@ -184,6 +197,8 @@ class Lab:
         if self.state_file.exists():
             try:
                 state = self.load()
+                if state.config.kubernetes:
+                    self._kube_teardown(state)
                 pids |= set(state.agents.values()) | set(state.responders.values())
                 pids |= set(state.services.values()) | set(state.flappers)
             except (LabError, ValueError, TypeError, KeyError):
@@ -195,7 +210,7 @@ class Lab:
         )
         for namespace in namespaces:  # whatever runs inside, recorded or not
             pids |= {int(p) for p in sh(["ip", "netns", "pids", namespace], check=False).split()}
-        _kill_all(pids)
+        kill_all(pids)
         for namespace in namespaces:
             sh(["ip", "netns", "delete", namespace], check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -255,12 +270,18 @@ class Lab:
             "exporter",
             "--node-name",
             node,
-            "--discovery",
-            "file",
-            "--peers-file",
-            str(self.peers_file),
-            "--peers-file-poll-interval",
-            "0.2",
+            *(
+                ["--discovery", "kubernetes", "--kubeconfig", str(self.kubeconfig)]
+                if config.kubernetes
+                else [
+                    "--discovery",
+                    "file",
+                    "--peers-file",
+                    str(self.peers_file),
+                    "--peers-file-poll-interval",
+                    "0.2",
+                ]
+            ),
             "--interval",
             str(config.interval),
             "--timeout",
@@ -283,17 +304,7 @@ class Lab:
         return self._spawn(self.namespace(node), args, f"agent-{node}.log")
 
     def _spawn(self, ns: Namespace, args: list[str], log_name: str) -> int:
-        with open(self.logs / log_name, "ab") as log:
-            proc = subprocess.Popen(
-                ns.cmd(*args),
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        return proc.pid
+        return spawn(ns.cmd(*args), self.logs / log_name)
 
     def stop_agent(self, node: str, kill: bool = True) -> None:
         """Stop a node's agent (SIGKILL by default: a crash, nothing cleaned up)."""
@@ -301,11 +312,11 @@ class Lab:
             pid = state.agents.pop(node, None)
             if pid is None:
                 raise LabError(f"{node} has no agent running")
-            _kill_all({pid}, signal.SIGKILL if kill else signal.SIGTERM)
+            kill_all({pid}, signal.SIGKILL if kill else signal.SIGTERM)
 
     def start_agent(self, node: str) -> None:
         with self.changing() as state:
-            if node in state.agents and _alive(state.agents[node]):
+            if node in state.agents and alive(state.agents[node]):
                 raise LabError(f"{node}'s agent is already running")
             state.agents[node] = self._start_agent(node, state)
 
@@ -320,17 +331,82 @@ class Lab:
             if node not in state.removed:
                 state.removed.append(node)
             self._write_peers(state)
+            if state.config.kubernetes:
+                delete_node(self.core_api(state), node)
 
     def add_peer(self, node: str) -> None:
         with self.changing() as state:
             self._check_node(node, state)
             if node in state.removed:
                 state.removed.remove(node)
+                if state.config.kubernetes:
+                    self._register_node(node, state)
             self._write_peers(state)
 
     def _check_node(self, node: str, state: LabState) -> None:
         if node not in self.nodes(state):
             raise LabError(f"no node '{node}' in this lab (nodes: {', '.join(self.nodes(state))})")
+
+    # -- Kubernetes discovery mode ----------------------------------------------
+
+    def control_plane(self, state: LabState | None = None) -> ControlPlane:
+        return ControlPlane((state or self.load()).config.kubernetes)
+
+    def core_api(self, state: LabState | None = None) -> Any:
+        """A CoreV1Api on the lab's control plane, with admin credentials."""
+        from kubernetes import client
+
+        return client.CoreV1Api(self.control_plane(state).api_client())
+
+    def _kube_setup(self, state: LabState) -> None:
+        """Chart installed, API server reachable from the hub, a token for the chart's
+        service account, one Node per lab node."""
+        plane = self.control_plane(state)
+        if not plane.running():
+            raise LabError(
+                f"control plane '{plane.name}' is not running (node-ping-controlplane up)"
+            )
+        state.services["apiserver-forwarder"] = spawn(
+            [sys.executable, "-m", "lab.forward", self.hub.name, LAB_ADDRESS, str(LAB_PORT),
+             "127.0.0.1", str(plane.ports.apiserver)],
+            self.logs / "forwarder.log",
+        )  # fmt: skip
+        try:
+            plane.helm("install", self.release, str(ROOT / "chart"), "--namespace",
+                       CHART_NAMESPACE, "--create-namespace")  # fmt: skip
+        except ControlPlaneError as exc:
+            raise LabError(str(exc)) from None
+        api = self.core_api(state)
+        accounts = api.list_namespaced_service_account(
+            CHART_NAMESPACE, label_selector=f"app.kubernetes.io/instance={self.release}"
+        ).items
+        if len(accounts) != 1:
+            raise LabError(f"the chart created {len(accounts)} service accounts, expected 1")
+        plane.service_account_kubeconfig(
+            CHART_NAMESPACE,
+            accounts[0].metadata.name,
+            self.kubeconfig,
+            server=f"https://{LAB_ADDRESS}:{LAB_PORT}",
+        )
+        for node in self.nodes(state):
+            if node not in state.removed:
+                self._register_node(node, state)
+
+    def _register_node(self, node: str, state: LabState) -> None:
+        create_node(
+            self.core_api(state), node, self.addresses(node, state), labels={LAB_LABEL: self.name}
+        )
+
+    def _kube_teardown(self, state: LabState) -> None:
+        """The lab's Node objects and chart release removed, when the control plane runs."""
+        plane = self.control_plane(state)
+        if not plane.running():
+            return
+        api = self.core_api(state)
+        for node in api.list_node(label_selector=f"{LAB_LABEL}={self.name}").items:
+            delete_node(api, node.metadata.name)
+        with suppress(ControlPlaneError):
+            plane.helm("uninstall", self.release, "--namespace", CHART_NAMESPACE)
 
     # -- faults -----------------------------------------------------------------
 
@@ -349,7 +425,7 @@ class Lab:
         """Remove one fault, every fault of a node, or (neither given) all faults."""
         with self.changing() as state:
             if fault is None and node is None:
-                _kill_all(set(state.flappers))
+                kill_all(set(state.flappers))
                 state.flappers.clear()
             if fault is not None:
                 state.faults = [f for f in state.faults if f != fault]
@@ -373,16 +449,7 @@ class Lab:
                 json.dumps(fault.to_json()),
                 str(period),
             ]
-            with open(self.logs / "flapper.log", "ab") as log:
-                proc = subprocess.Popen(
-                    args,
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
-                )
-            state.flappers.append(proc.pid)
+            state.flappers.append(spawn(args, self.logs / "flapper.log"))
 
     def _sync_faults(self, state: LabState) -> None:
         addresses = {node: self.addresses(node, state) for node in self.nodes(state)}
@@ -395,7 +462,7 @@ class Lab:
             delays = [f.delay_ms for f in state.faults if f.kind == "latency" and f.node == node]
             running = state.responders.get(node)
             if running is not None and not delays:
-                _kill_all({running})
+                kill_all({running})
                 del state.responders[node]
                 ns.sysctl("net.ipv4.icmp_echo_ignore_all", "0")
             elif delays and running is None:
@@ -519,11 +586,11 @@ class Lab:
         ]
         for node in self.nodes(state):
             pid = state.agents.get(node)
-            agent = f"agent pid {pid}" if pid and _alive(pid) else "agent stopped"
+            agent = f"agent pid {pid}" if pid and alive(pid) else "agent stopped"
             peers = " (not in the peers file)" if node in state.removed else ""
             lines.append(f"  {node:10} {', '.join(self.addresses(node, state)):32} {agent}{peers}")
         for name, pid in state.services.items():
-            lines.append(f"  {name}: pid {pid} {'running' if _alive(pid) else 'stopped'}")
+            lines.append(f"  {name}: pid {pid} {'running' if alive(pid) else 'stopped'}")
         lines.append(
             "  faults: "
             + ("; ".join(f.describe() for f in state.faults) or "none")
@@ -554,33 +621,3 @@ def all_labs() -> list[str]:
             if p.name.startswith("npl-") and p.name.endswith("-hub")
         }
     return sorted(names)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill_all(pids: set[int], sig: signal.Signals = signal.SIGTERM) -> None:
-    """Signal each process, then SIGKILL what is left after 3 s."""
-    for pid in pids:
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        for pid in pids:  # reap our own children so they do not linger as zombies
-            with suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass

@@ -7,7 +7,7 @@ set -euo pipefail
 need=()
 for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux \
   prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter \
-  buildah:buildah debootstrap:debootstrap; do
+  buildah:buildah debootstrap:debootstrap openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')

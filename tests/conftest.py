@@ -170,3 +170,23 @@ def write_peers(path: Path, peers: dict[str, str]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps([{"name": n, "ipAddress": ip} for n, ip in peers.items()]))
     tmp.replace(path)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[Any]:
+    """etcd + kube-apiserver + kube-controller-manager (lab/controlplane.py), one per run.
+
+    Skipped, with the reason, only where this machine cannot run one (no etcd, no
+    Go to build the API server); a failed build or start on a machine that can is
+    an error, not a skip."""
+    from lab.controlplane import ControlPlane, unavailable
+
+    why = unavailable()
+    if why:
+        pytest.skip(f"no Kubernetes control plane: {why}")
+    plane = ControlPlane(f"t{os.getpid()}")
+    plane.up()
+    try:
+        yield plane
+    finally:
+        plane.down()

@@ -2,8 +2,9 @@
 
 The kubernetes client is blocking, so list/watch runs in a worker thread and
 hands every change to the asyncio loop as a complete node snapshot
-(``loop.call_soon_threadsafe``). ``410 Gone`` (resource version too old)
-relists at once; any other error reconnects with capped exponential backoff.
+(``loop.call_soon_threadsafe``). Any error resumes the watch from the last
+resource version after a capped exponential backoff; ``410 Gone`` (that
+version was compacted away) relists at once.
 Until then the peer table keeps the last known peers, so probing goes on while
 the API server is away.
 """
@@ -97,20 +98,25 @@ class KubernetesDiscovery:
         self._to_loop(self.state.succeeded)
 
     def _run(self) -> None:
+        """List once, then watch from the last resource version seen, across errors too
+        (as client-go's reflector does): after an API server restart thousands of agents
+        resume their watches instead of all listing every node at once. Relist only when
+        the version is gone (410)."""
         backoff = BACKOFF_FIRST
+        nodes: dict[str, dict[str, Any]] | None = None  # the last list, kept current by events
+        version = ""
         while not self._stopped.is_set():
             try:
-                nodes, version = self._list()
-                self._publish(nodes)
+                if nodes is None:
+                    nodes, version = self._list()
+                    self._publish(nodes)
+                    backoff = BACKOFF_FIRST
+                version = self._watch(nodes, version)
                 backoff = BACKOFF_FIRST
-                while not self._stopped.is_set():
-                    version = self._watch(nodes, version)
-            except ResourceExpired:
-                log.info("node watch expired (410 Gone), relisting")
-                continue
             except Exception as exc:  # any API or network error: back off, retry
-                if getattr(exc, "status", None) == 410:
-                    log.info("node list/watch expired (410 Gone), relisting")
+                if isinstance(exc, ResourceExpired) or getattr(exc, "status", None) == 410:
+                    log.info("node watch expired (410 Gone), relisting")
+                    nodes = None
                     continue
                 self._to_loop(self.state.failed, _describe(exc))
                 self._stopped.wait(backoff * random.uniform(0.8, 1.2))
@@ -137,6 +143,7 @@ class KubernetesDiscovery:
             _preload_content=False,
             _request_timeout=(10, WATCH_SECONDS + 30),
         )
+        self._to_loop(self.state.succeeded)  # the API server answers again
         try:
             for line in iter_resp_lines(response):
                 if self._stopped.is_set():

@@ -1,0 +1,177 @@
+"""The lab in Kubernetes-discovery mode: every agent lists and watches Node objects in a
+real API server (lab/controlplane.py), through the lab's hub, with a token issued for
+the chart's service account (TokenRequest) — the RBAC a cluster would give it.
+
+Timings asserted are the issue's: a created node is probed within 5 s, a deleted
+one's series are gone within 5 s. The outage drill stops the API server for 60 s
+and compacts etcd meanwhile, so the agents' resource versions are gone (410) when
+it comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab.cluster import Lab, LabConfig
+from lab.controlplane import ControlPlane
+from lab.kubenodes import set_addresses, set_finalizers
+
+from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, running_lab, select, value, wait_for
+
+pytestmark = pytest.mark.e2e
+
+NODES = ["node-1", "node-2", "node-3", "node-4"]
+FINALIZER = "node-ping.test/hold"
+
+
+@pytest.fixture(scope="module")
+def lab(control_plane: ControlPlane) -> Iterator[Lab]:
+    if not NETNS_OK:
+        pytest.skip(NETNS_WHY)
+    config = LabConfig(
+        nodes=len(NODES), prometheus=False, external_targets=[], kubernetes=control_plane.name
+    )
+    with running_lab("kube", config) as made:
+        yield made
+
+
+Probes = dict[tuple[str, str], tuple[float, float]]
+
+
+def probes(lab: Lab, source: str) -> Probes:
+    """(destination, address) -> (sent, received), from the source's /metrics."""
+    samples = parse_metrics(lab.agent_metrics(source))
+    received = select(samples, "kube_node_ping_packets_received_total")
+    out: Probes = {}
+    for labels, sent in select(samples, "kube_node_ping_packets_sent_total").items():
+        peer = dict(labels)
+        key = (peer["destination_node"], peer["destination_node_ip_address"])
+        out[key] = (sent, received.get(labels, 0.0))
+    return out
+
+
+def others(node: str) -> list[str]:
+    return [n for n in NODES if n != node]
+
+
+def answered(lab: Lab, destination: str, address: str, after: dict[str, Probes]) -> bool:
+    """Every other agent has received replies from ``address`` since ``after``."""
+    for source in others(destination):
+        now = probes(lab, source).get((destination, address))
+        before = after.get(source, {}).get((destination, address), (0.0, 0.0))
+        if now is None or now[1] <= before[1]:
+            return False
+    return True
+
+
+def not_probed(lab: Lab, destination: str, address: str | None = None) -> bool:
+    """No other agent has series for ``destination`` (at ``address``, when given)."""
+    return all(
+        not any(d == destination and address in (None, a) for d, a in probes(lab, source))
+        for source in others(destination)
+    )
+
+
+def snapshot(lab: Lab) -> dict[str, Probes]:
+    return {source: probes(lab, source) for source in NODES}
+
+
+def test_agents_follow_node_objects(lab: Lab) -> None:
+    api: Any = lab.core_api()
+    wait_for(
+        lambda: all({d for d, _ in probes(lab, s)} == set(others(s)) for s in NODES),
+        15,
+        "every agent probing its three peers, found through the API server",
+    )
+
+    lab.remove_peer("node-4")  # the Node object is deleted
+    wait_for(lambda: not_probed(lab, "node-4"), 5, "node-4's series gone within 5 s")
+
+    before = snapshot(lab)
+    lab.add_peer("node-4")  # created again, InternalIP set through the status subresource
+    wait_for(lambda: answered(lab, "node-4", "198.18.0.4", before), 5, "node-4 probed within 5 s")
+
+    # A new InternalIP moves the probes: the old address's series go, the new one answers.
+    lab.namespace("node-4").ip("addr", "add", "198.18.0.104/24", "dev", "eth0")
+    before = snapshot(lab)
+    set_addresses(api, "node-4", ["198.18.0.104"])
+    wait_for(
+        lambda: (
+            answered(lab, "node-4", "198.18.0.104", before)
+            and not_probed(lab, "node-4", "198.18.0.4")
+        ),
+        5,
+        "probes moved to node-4's new address",
+    )
+    set_addresses(api, "node-4", ["198.18.0.4"])
+    wait_for(lambda: not_probed(lab, "node-4", "198.18.0.104"), 5, "node-4 back on .4")
+
+    # Deleting a node held by a finalizer leaves it with a deletionTimestamp: dropped.
+    set_finalizers(api, "node-3", [FINALIZER])
+    lab.remove_peer("node-3")
+    assert api.read_node("node-3").metadata.deletion_timestamp is not None
+    wait_for(lambda: not_probed(lab, "node-3"), 5, "node-3 (being deleted) dropped")
+    set_finalizers(api, "node-3", [])
+    wait_for(lambda: not api.list_node(field_selector="metadata.name=node-3").items, 10, "gone")
+    before = snapshot(lab)
+    lab.add_peer("node-3")
+    wait_for(lambda: answered(lab, "node-3", "198.18.0.3", before), 5, "node-3 back")
+
+
+def discovery(lab: Lab, node: str, name: str) -> float | None:
+    samples = parse_metrics(lab.agent_metrics(node))
+    return value(samples, f"kube_node_ping_discovery_{name}", source="kubernetes")
+
+
+def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane) -> None:
+    wait_for(lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 15, "discovery up")
+    errors = {n: discovery(lab, n, "errors_total") or 0.0 for n in NODES}
+    logs = {n: (lab.logs / f"agent-{n}.log").stat().st_size for n in NODES}
+
+    control_plane.stop("kube-apiserver")
+    stopped = time.monotonic()
+    try:
+        wait_for(
+            lambda: all(discovery(lab, n, "up") == 0 for n in NODES),
+            15,
+            "every agent reporting discovery down",
+        )
+        for node in NODES:
+            assert (discovery(lab, node, "errors_total") or 0) > errors[node]
+        during = snapshot(lab)
+        time.sleep(max(0.0, 60 - (time.monotonic() - stopped) - 10))
+        # Still probing every last known peer, still ready (an API server outage must
+        # not take every agent out of its Service).
+        for source in NODES:
+            for key, (sent, received) in probes(lab, source).items():
+                assert sent > during[source][key][0] and received > during[source][key][1], (
+                    f"{source} stopped probing {key} during the outage"
+                )
+            assert lab.http_get(f"http://{lab.addresses(source)[0]}:9798/readyz")[0] == 200
+        assert {d for d, _ in probes(lab, "node-1")} == set(others("node-1"))
+        time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
+        # Meanwhile etcd moves on and forgets: every version the agents hold is compacted.
+        control_plane.compact()
+    finally:
+        control_plane.start("kube-apiserver")
+        control_plane.wait_ready()
+
+    # Backoff is capped at 30 s (±20 %): each agent is back within that, without a restart.
+    wait_for(
+        lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 45, "discovery back", step=0.5
+    )
+    for node in NODES:
+        with open(lab.logs / f"agent-{node}.log") as log:
+            log.seek(logs[node])
+            assert "410 Gone" in log.read(), f"{node} did not take the 410 relist path"
+
+    # And the watch works again: a deletion shows within 5 s, a re-creation too.
+    lab.remove_peer("node-2")
+    wait_for(lambda: not_probed(lab, "node-2"), 5, "node-2 dropped after the resync")
+    before = snapshot(lab)
+    lab.add_peer("node-2")
+    wait_for(lambda: answered(lab, "node-2", "198.18.0.2", before), 5, "node-2 back")
