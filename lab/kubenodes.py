@@ -2,7 +2,8 @@
 
 A Node is created with its labels, then its addresses are set through the
 ``status`` subresource, as a kubelet reports them (the main resource ignores
-status on create and update).
+status on create and update). Lists are replaced with JSON patches: a strategic
+merge patch merges ``finalizers`` and ``addresses`` instead of replacing them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 LAB_LABEL = "node-ping-lab"  # which lab made the node: its name
 
 
-def node_status(addresses: list[str]) -> dict[str, Any]:
-    return {"status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]}}
+def replace(path: str, value: Any) -> list[dict[str, Any]]:
+    """A JSON patch setting ``path`` (``add`` replaces a member that exists)."""
+    return [{"op": "add", "path": path, "value": value}]
 
 
 def create_node(
@@ -42,7 +44,8 @@ def create_node(
 
 
 def set_addresses(api: Any, name: str, addresses: list[str]) -> None:
-    api.patch_node_status(name, node_status(addresses))
+    entries = [{"type": "InternalIP", "address": a} for a in addresses]
+    api.patch_node_status(name, replace("/status/addresses", entries))
 
 
 def delete_node(api: Any, name: str) -> None:
@@ -57,4 +60,4 @@ def delete_node(api: Any, name: str) -> None:
 
 
 def set_finalizers(api: Any, name: str, finalizers: list[str]) -> None:
-    api.patch_node(name, {"metadata": {"finalizers": finalizers}})
+    api.patch_node(name, replace("/metadata/finalizers", finalizers))
