@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     clear = commands.add_parser("clear", help="remove faults (all, or one node's)")
     clear.add_argument("node", nargs="?")
 
-    peers = commands.add_parser("peers", help="take a node out of / back into the peers file")
+    peers = commands.add_parser(
+        "peers",
+        help="take a node out of / back into the peers file (kubernetes mode: delete / "
+        "create its Node object)",
+    )
     peers.add_argument("action", choices=["remove", "add"])
     peers.add_argument("node")
     agent = commands.add_parser("agent", help="stop (SIGKILL), start or restart an agent")

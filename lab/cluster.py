@@ -591,6 +591,12 @@ class Lab:
             lines.append(f"  {node:10} {', '.join(self.addresses(node, state)):32} {agent}{peers}")
         for name, pid in state.services.items():
             lines.append(f"  {name}: pid {pid} {'running' if alive(pid) else 'stopped'}")
+        if state.config.kubernetes:
+            lines.append(
+                f"  peers: Node objects in control plane '{state.config.kubernetes}' "
+                f"(node-ping-controlplane status), chart release {self.release} in "
+                f"{CHART_NAMESPACE}; the agents' kubeconfig: {self.kubeconfig}"
+            )
         lines.append(
             "  faults: "
             + ("; ".join(f.describe() for f in state.faults) or "none")

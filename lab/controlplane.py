@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ class ControlPlane:
     def down(self) -> None:
         """Stop every component and remove the directory. Idempotent."""
         if self.state_file.exists():
-            with _suppress_state_errors():
+            with suppress(ControlPlaneError, ValueError, KeyError):  # a broken state file
                 kill_all(set(self._load()["pids"].values()), grace=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -412,16 +413,6 @@ def write_kubeconfig(path: Path, server: str, ca_pem: str, token: str, name: str
     path.chmod(0o600)
 
 
-class _suppress_state_errors:
-    """A broken or half-written state file must not stop ``down``."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, ControlPlaneError | ValueError | KeyError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="node-ping-controlplane",
@@ -452,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             print(plane.status())
         elif args.command == "kubeconfig":
-            plane.ports  # noqa: B018 (fails with a clear message when down)
+            if not plane.running():
+                raise ControlPlaneError(f"the API server of '{plane.name}' is not running")
             print(plane.admin_kubeconfig)
         elif args.command == "start":
             plane.start(args.component)

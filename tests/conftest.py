@@ -47,11 +47,13 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return next(iter(found.values()), None)
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(check: Callable[[], object], timeout: float, what: str, step: float = 0.1) -> float:
+    """Poll ``check`` until it holds; the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         if check():
-            return
+            return time.monotonic() - started
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

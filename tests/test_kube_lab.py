@@ -20,12 +20,28 @@ from lab.cluster import Lab, LabConfig
 from lab.controlplane import ControlPlane
 from lab.kubenodes import set_addresses, set_finalizers
 
-from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, running_lab, select, value, wait_for
+from .conftest import (
+    NETNS_OK,
+    NETNS_WHY,
+    ROOT,
+    parse_metrics,
+    running_lab,
+    select,
+    value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 FINALIZER = "node-ping.test/hold"
+TIMINGS = ROOT / ".cache" / "kube-timing.txt"  # measured figures, read back for the docs
+
+
+def timed(what: str, seconds: float) -> None:
+    TIMINGS.parent.mkdir(exist_ok=True)
+    with TIMINGS.open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {what}: {seconds:.2f}s\n")
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +105,19 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
     )
 
     lab.remove_peer("node-4")  # the Node object is deleted
-    wait_for(lambda: not_probed(lab, "node-4"), 5, "node-4's series gone within 5 s")
+    took = wait_for(lambda: not_probed(lab, "node-4"), 5, "node-4's series gone within 5 s")
+    timed("deleted node's series gone from every agent", took)
 
     before = snapshot(lab)
     lab.add_peer("node-4")  # created again, InternalIP set through the status subresource
-    wait_for(lambda: answered(lab, "node-4", "198.18.0.4", before), 5, "node-4 probed within 5 s")
+    took = wait_for(lambda: answered(lab, "node-4", "198.18.0.4", before), 5, "node-4 probed")
+    timed("created node answered at every agent", took)
 
     # A new InternalIP moves the probes: the old address's series go, the new one answers.
     lab.namespace("node-4").ip("addr", "add", "198.18.0.104/24", "dev", "eth0")
     before = snapshot(lab)
     set_addresses(api, "node-4", ["198.18.0.104"])
-    wait_for(
+    took = wait_for(
         lambda: (
             answered(lab, "node-4", "198.18.0.104", before)
             and not_probed(lab, "node-4", "198.18.0.4")
@@ -107,6 +125,7 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
         5,
         "probes moved to node-4's new address",
     )
+    timed("probes moved to a changed InternalIP at every agent", took)
     set_addresses(api, "node-4", ["198.18.0.4"])
     wait_for(lambda: not_probed(lab, "node-4", "198.18.0.104"), 5, "node-4 back on .4")
 
@@ -114,7 +133,8 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
     set_finalizers(api, "node-3", [FINALIZER])
     lab.remove_peer("node-3")
     assert api.read_node("node-3").metadata.deletion_timestamp is not None
-    wait_for(lambda: not_probed(lab, "node-3"), 5, "node-3 (being deleted) dropped")
+    took = wait_for(lambda: not_probed(lab, "node-3"), 5, "node-3 (being deleted) dropped")
+    timed("node with a deletionTimestamp dropped by every agent", took)
     set_finalizers(api, "node-3", [])
     wait_for(lambda: not api.list_node(field_selector="metadata.name=node-3").items, 10, "gone")
     before = snapshot(lab)
@@ -135,11 +155,12 @@ def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane
     control_plane.stop("kube-apiserver")
     stopped = time.monotonic()
     try:
-        wait_for(
+        took = wait_for(
             lambda: all(discovery(lab, n, "up") == 0 for n in NODES),
             15,
             "every agent reporting discovery down",
         )
+        timed("API server stopped: every agent reports discovery down", took)
         for node in NODES:
             assert (discovery(lab, node, "errors_total") or 0) > errors[node]
         during = snapshot(lab)
@@ -161,9 +182,10 @@ def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane
         control_plane.wait_ready()
 
     # Backoff is capped at 30 s (±20 %): each agent is back within that, without a restart.
-    wait_for(
+    took = wait_for(
         lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 45, "discovery back", step=0.5
     )
+    timed("API server back after 60 s + compaction: every agent resynced", took)
     for node in NODES:
         with open(lab.logs / f"agent-{node}.log") as log:
             log.seek(logs[node])

@@ -63,3 +63,10 @@ def test_a_failed_up_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(LabError, match="'prometheus' is not installed"):
         lab.up(LabConfig(nodes=2))
     assert leftovers(lab) == []
+
+
+def test_kubernetes_mode_without_a_control_plane_says_so() -> None:
+    lab = Lab(f"nocp{os.getpid()}")
+    with pytest.raises(LabError, match="control plane 'absent' is not running"):
+        lab.up(LabConfig(nodes=2, prometheus=False, kubernetes="absent"))
+    assert leftovers(lab) == []
