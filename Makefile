@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 # kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes Go
-# module (controlplane/go.mod), once per machine: 10-15 minutes cold.
+# module (controlplane/go.mod) and etcd, once per machine: about 9 minutes cold.
 .cache/controlplane.stamp: scripts/build-controlplane.sh controlplane/go.mod controlplane/go.sum
 	scripts/build-controlplane.sh
 	touch $@

@@ -147,6 +147,23 @@ def discovery(lab: Lab, node: str, name: str) -> float | None:
     return value(samples, f"kube_node_ping_discovery_{name}", source="kubernetes")
 
 
+def test_quiet_watch_gets_bookmarks(lab: Lab) -> None:
+    """With nothing changing, the API server still sends a BOOKMARK about every minute
+    (the watch cache's bookmark frequency); the agent takes it as a sign of life and
+    moves its resource version on, so a later resume needs no relist."""
+    wait_for(lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 15, "discovery up")
+    quiet_since = time.time()
+    took = wait_for(
+        lambda: all(
+            (discovery(lab, n, "last_success_timestamp_seconds") or 0) > quiet_since for n in NODES
+        ),
+        75,
+        "a bookmark at every agent",
+        step=1,
+    )
+    timed("quiet watch: a bookmark reached every agent", took)
+
+
 def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane) -> None:
     wait_for(lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 15, "discovery up")
     errors = {n: discovery(lab, n, "errors_total") or 0.0 for n in NODES}
