@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,15 +398,22 @@ class Lab:
         )
 
     def _kube_teardown(self, state: LabState) -> None:
-        """The lab's Node objects and chart release removed, when the control plane runs."""
+        """The lab's Node objects and chart release removed, when the control plane runs.
+        Best effort: an API server that is half gone must not keep ``down`` from
+        removing the namespaces."""
         plane = self.control_plane(state)
         if not plane.running():
             return
-        api = self.core_api(state)
-        for node in api.list_node(label_selector=f"{LAB_LABEL}={self.name}").items:
-            delete_node(api, node.metadata.name)
-        with suppress(ControlPlaneError):
+        try:
+            api = self.core_api(state)
+            for node in api.list_node(label_selector=f"{LAB_LABEL}={self.name}").items:
+                delete_node(api, node.metadata.name)
             plane.helm("uninstall", self.release, "--namespace", CHART_NAMESPACE)
+        except Exception as exc:  # any API, network or helm error
+            print(
+                f"node-ping-lab: cleaning up in control plane '{plane.name}': {exc}",
+                file=sys.stderr,
+            )
 
     # -- faults -----------------------------------------------------------------
 
