@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -239,6 +240,40 @@ def test_sigterm_stops_within_2s_and_finishes_the_textfile(
     assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s: {agent.output()}"
     samples = parse_metrics((tmp_path / "node-ping_agent.prom").read_text())
     assert value(samples, "kube_node_ping_build_info") == 1
+
+
+# Polls /readyz as fast as it can from the agent's namespace: one word per answer.
+READYZ_POLLER = """
+import sys, time, urllib.error, urllib.request
+url, refused, deadline = f"http://127.0.0.1:{sys.argv[1]}/readyz", 0, time.monotonic() + 10
+while refused < 5 and time.monotonic() < deadline:
+    try:
+        code = urllib.request.urlopen(url, timeout=1).status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except OSError:
+        code, refused = "refused", refused + 1
+    print(code, flush=True)
+"""
+
+
+def test_readyz_fails_between_sigterm_and_exit(agent_factory: Callable[..., AgentProcess]) -> None:
+    """From SIGTERM until the listener closes (~0.1 s) /readyz answers 503, so that a
+    Service stops routing scrapes to a pod that is going away."""
+    agent = agent_factory("--peer", f"a={target_v4(1)}", "--interval", "0.1")
+    agent.wait_ready()
+    poller = agent.net.agent.popen(
+        [sys.executable, "-c", READYZ_POLLER, str(agent.port)], stdout=subprocess.PIPE
+    )
+    assert poller.stdout is not None
+    assert poller.stdout.readline().strip() == b"200"
+    agent.proc.send_signal(signal.SIGTERM)
+    answers = [line.decode().strip() for line in poller.stdout]
+    poller.wait(timeout=5)
+    assert agent.proc.wait(timeout=5) == 0
+    assert "503" in answers, f"no 503 before the listener closed: {answers[:20]}"
+    after = answers[answers.index("503") :]
+    assert set(after) <= {"503", "refused"} and after[-1] == "refused", after[:20]
 
 
 def test_external_targets_and_failed_lookups(agent_factory: Callable[..., AgentProcess]) -> None:
