@@ -81,7 +81,7 @@ class LabState:
     agents: dict[str, int] = field(default_factory=dict)  # node -> pid
     responders: dict[str, int] = field(default_factory=dict)  # node -> pid (latency)
     services: dict[str, int] = field(default_factory=dict)  # prometheus, node-exporter
-    flappers: list[int] = field(default_factory=list)
+    flappers: dict[int, list[str]] = field(default_factory=dict)  # pid -> the nodes it flaps
     faults: list[Fault] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # nodes left out of the peers file
 
@@ -97,6 +97,7 @@ class LabState:
         known = LabConfig.__dataclass_fields__
         data["config"] = LabConfig(**{k: v for k, v in data["config"].items() if k in known})
         data["faults"] = [Fault.from_json(f) for f in data["faults"]]
+        data["flappers"] = {int(pid): nodes for pid, nodes in data["flappers"].items()}
         return cls(**data)
 
 
@@ -429,11 +430,14 @@ class Lab:
             self._sync_faults(state)
 
     def clear(self, fault: Fault | None = None, node: str | None = None) -> None:
-        """Remove one fault, every fault of a node, or (neither given) all faults."""
+        """Remove one fault, every fault of a node, or (neither given) all faults; the
+        last two also stop the flappers of those faults."""
         with self.changing() as state:
-            if fault is None and node is None:
-                kill_all(set(state.flappers))
-                state.flappers.clear()
+            if fault is None:
+                stopping = {p for p, nodes in state.flappers.items() if node in (None, *nodes)}
+                kill_all(stopping)
+                for pid in stopping:
+                    del state.flappers[pid]
             if fault is not None:
                 state.faults = [f for f in state.faults if f != fault]
             elif node is not None:
@@ -456,7 +460,8 @@ class Lab:
                 json.dumps(fault.to_json()),
                 str(period),
             ]
-            state.flappers.append(spawn(args, self.logs / "flapper.log"))
+            pid = spawn(args, self.logs / "flapper.log")
+            state.flappers[pid] = [fault.node, *([fault.peer] if fault.peer else [])]
 
     def _sync_faults(self, state: LabState) -> None:
         addresses = {node: self.addresses(node, state) for node in self.nodes(state)}

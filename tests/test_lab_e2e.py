@@ -19,6 +19,7 @@ from exporter.diagnose import diagnose
 from lab.cli import LabPrometheus
 from lab.cluster import Lab, LabConfig
 from lab.faults import Fault
+from lab.process import alive
 
 from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, running_lab, select, wait_for
 from .test_dashboards import queries
@@ -175,6 +176,12 @@ def test_isolation_latency_and_flapping(lab: Lab) -> None:
         ("inbound", "node-3"),
         ("slow", "node-1"),
     }
+    (flapper,) = lab.load().flappers
+    lab.clear(node="node-3")  # stops node-3's flapper too; the other faults stay
+    state = lab.load()
+    assert not state.flappers and not alive(flapper)
+    remaining = {(f.kind, f.node) for f in state.faults}
+    assert remaining == {("isolate", "node-5"), ("latency", "node-1")}
 
 
 def test_node_removed_from_the_peer_list(lab: Lab) -> None:
