@@ -423,8 +423,6 @@ class Lab:
             self._check_node(fault.node, state)
             if fault.peer:
                 self._check_node(fault.peer, state)
-            if fault.kind == "latency" and ":" in "".join(self.addresses(fault.node, state)):
-                raise LabError("latency faults need an IPv4-only lab (the responder is IPv4)")
             if fault not in state.faults:
                 state.faults.append(fault)
             self._sync_faults(state)
@@ -473,17 +471,23 @@ class Lab:
             ns = self.namespace(node)
             delays = [f.delay_ms for f in state.faults if f.kind == "latency" and f.node == node]
             running = state.responders.get(node)
+            # Kernel echo replies off (both families in a dual-stack lab) while the
+            # delayed responder answers instead.
+            echo_off = [("net.ipv4.icmp_echo_ignore_all", "1")]
+            if state.config.dual_stack:
+                echo_off.append(("net.ipv6.icmp.echo_ignore_all", "1"))
             if running is not None and not delays:
                 kill_all({running})
                 del state.responders[node]
-                ns.sysctl("net.ipv4.icmp_echo_ignore_all", "0")
+                for key, _ in echo_off:
+                    ns.sysctl(key, "0")
             elif delays and running is None:
-                ns.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
-                state.responders[node] = self._spawn(
-                    ns,
-                    [str(ensure_responder()), "-delay", f"{max(delays)}ms"],
-                    f"responder-{node}.log",
-                )
+                for key, off in echo_off:
+                    ns.sysctl(key, off)
+                command = [str(ensure_responder()), "-delay", f"{max(delays)}ms"]
+                if state.config.dual_stack:
+                    command.append("-ipv6")
+                state.responders[node] = self._spawn(ns, command, f"responder-{node}.log")
 
     # -- Prometheus and node-exporter --------------------------------------------
 

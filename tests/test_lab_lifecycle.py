@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from lab.cluster import LABS_DIR, Lab, LabConfig, LabError
+from lab.faults import Fault
 from lab.netns import NETNS_DIR
 
 from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, select, wait_for
@@ -43,10 +44,22 @@ def test_dual_stack_lab_up_and_down(tmp_path: object) -> None:
             for k in select(samples, "kube_node_ping_packets_sent_total")
         }
         assert addresses == {"198.18.0.2", "198.18.0.3", "fd00:198:18::2", "fd00:198:18::3"}
-        with pytest.raises(LabError, match="IPv4-only"):
-            from lab.faults import Fault
+        # Added latency holds over both families: the responder answers ICMPv6 too.
+        lab.apply(Fault("latency", "node-2", delay_ms=20))
 
-            lab.apply(Fault("latency", "node-2", delay_ms=5))
+        def both_families_delayed() -> bool:
+            samples = parse_metrics(lab.agent_metrics("node-1"))
+            fastest = {
+                dict(k)["destination_node_ip_address"]: v
+                for k, v in select(
+                    samples, "kube_node_ping_rtt_min", destination_node="node-2"
+                ).items()
+            }
+            return len(fastest) == 2 and all(20 <= v < 25 for v in fastest.values())
+
+        wait_for(both_families_delayed, 10, "20 ms more to node-2 over IPv4 and IPv6")
+        lab.clear()
+        assert lab.namespace("node-2").run("sysctl", "-n", "net.ipv6.icmp.echo_ignore_all") == "0\n"
     finally:
         lab.down()
     assert leftovers(lab) == []

@@ -1,9 +1,10 @@
-// Command responder answers ICMPv4 echo requests after a fixed delay.
+// Command responder answers ICMP echo requests after a fixed delay.
 //
 // It is the benchmark's and the lab's "known true delay": run it in a network
-// namespace whose kernel echo replies are off (net.ipv4.icmp_echo_ignore_all=1)
-// and every echo request is answered by this program, from the address it was
-// sent to, DELAY after the kernel received it. On SIGTERM it prints, as one
+// namespace whose kernel echo replies are off (net.ipv4.icmp_echo_ignore_all=1,
+// and net.ipv6.icmp.echo_ignore_all=1 with -ipv6) and every echo request is
+// answered by this program, from the address it was sent to, DELAY after the
+// kernel received it. On SIGTERM it prints, as one
 // JSON line on stderr, how many replies it sent and the hold times it achieved.
 package main
 
@@ -21,10 +22,9 @@ import (
 )
 
 type pending struct {
-	packet []byte // the reply, IPv4 header included
-	to     [4]byte
-	due    time.Time
-	stamp  time.Time
+	send  func() error // sends the reply
+	due   time.Time
+	stamp time.Time
 }
 
 func checksum(b []byte) uint16 {
@@ -82,6 +82,7 @@ func kernelStamp(oob []byte) (time.Time, bool) {
 
 func main() {
 	delay := flag.Duration("delay", time.Millisecond, "hold each reply this long")
+	ipv6 := flag.Bool("ipv6", false, "answer ICMPv6 echo requests too")
 	flag.Parse()
 
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_ICMP)
@@ -105,7 +106,7 @@ func main() {
 				time.Sleep(wait)
 			}
 			now := time.Now()
-			if err := syscall.Sendto(fd, p.packet, 0, &syscall.SockaddrInet4{Addr: p.to}); err == nil {
+			if err := p.send(); err == nil {
 				select {
 				case holds <- now.Sub(p.stamp):
 				default:
@@ -153,9 +154,13 @@ func main() {
 			if !ok {
 				stamp = time.Now()
 			}
-			queue <- pending{packet: out, to: to, due: stamp.Add(*delay), stamp: stamp}
+			send := func() error { return syscall.Sendto(fd, out, 0, &syscall.SockaddrInet4{Addr: to}) }
+			queue <- pending{send: send, due: stamp.Add(*delay), stamp: stamp}
 		}
 	}()
+	if *ipv6 {
+		go serve6(*delay, queue)
+	}
 	<-stop
 	done <- struct{}{}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
@@ -174,5 +179,67 @@ func must(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "responder:", err)
 		os.Exit(1)
+	}
+}
+
+// IPv6 socket options (linux/in6.h, linux/icmpv6.h).
+const (
+	icmp6Filter     = 1
+	ipv6RecvPktinfo = 49
+	ipv6Pktinfo     = 50
+)
+
+// serve6 answers ICMPv6 echo requests. The kernel hands a raw ICMPv6 socket the
+// ICMP message without the IPv6 header and fills in the reply's checksum; the
+// address the request was sent to comes from IPV6_PKTINFO and goes back out
+// as the reply's source.
+func serve6(delay time.Duration, queue chan<- pending) {
+	fd, err := syscall.Socket(syscall.AF_INET6, syscall.SOCK_RAW, syscall.IPPROTO_ICMPV6)
+	must(err)
+	must(syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1))
+	must(syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<20))
+	must(syscall.SetsockoptInt(fd, syscall.IPPROTO_IPV6, ipv6RecvPktinfo, 1))
+	var filter [8]uint32 // a set bit blocks that type: let only echo requests (128) in
+	for i := range filter {
+		filter[i] = 0xffffffff
+	}
+	filter[128>>5] &^= 1 << (128 & 31)
+	fbytes := (*[32]byte)(unsafe.Pointer(&filter))[:]
+	must(syscall.SetsockoptString(fd, syscall.IPPROTO_ICMPV6, icmp6Filter, string(fbytes)))
+	buf := make([]byte, 65536)
+	oob := make([]byte, 256)
+	for {
+		n, oobn, _, from, err := syscall.Recvmsg(fd, buf, oob, 0)
+		peer, isV6 := from.(*syscall.SockaddrInet6)
+		if err != nil || !isV6 || n < 8 || buf[0] != 128 {
+			continue
+		}
+		out := append([]byte(nil), buf[:n]...)
+		out[0], out[2], out[3] = 129, 0, 0 // echo reply; the kernel writes the checksum
+		stamp, dest := time.Now(), []byte(nil)
+		if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				switch {
+				case m.Header.Level == syscall.SOL_SOCKET && m.Header.Type == syscall.SO_TIMESTAMPNS && len(m.Data) >= 16:
+					ts := (*syscall.Timespec)(unsafe.Pointer(&m.Data[0]))
+					stamp = time.Unix(ts.Sec, ts.Nsec)
+				case m.Header.Level == syscall.IPPROTO_IPV6 && m.Header.Type == ipv6Pktinfo && len(m.Data) >= 20:
+					dest = append([]byte(nil), m.Data[:20]...) // in6_pktinfo: address, ifindex
+				}
+			}
+		}
+		to := *peer
+		send := func() error {
+			var cmsg []byte
+			if dest != nil {
+				cmsg = make([]byte, syscall.CmsgSpace(len(dest)))
+				h := (*syscall.Cmsghdr)(unsafe.Pointer(&cmsg[0]))
+				h.Level, h.Type = syscall.IPPROTO_IPV6, ipv6Pktinfo
+				h.SetLen(syscall.CmsgLen(len(dest)))
+				copy(cmsg[syscall.CmsgLen(0):], dest)
+			}
+			return syscall.Sendmsg(fd, out, cmsg, &to, 0)
+		}
+		queue <- pending{send: send, due: stamp.Add(delay), stamp: stamp}
 	}
 }
