@@ -377,21 +377,28 @@ class Lab:
                        CHART_NAMESPACE, "--create-namespace")  # fmt: skip
         except ControlPlaneError as exc:
             raise LabError(str(exc)) from None
-        api = self.core_api(state)
-        accounts = api.list_namespaced_service_account(
-            CHART_NAMESPACE, label_selector=f"app.kubernetes.io/instance={self.release}"
-        ).items
-        if len(accounts) != 1:
-            raise LabError(f"the chart created {len(accounts)} service accounts, expected 1")
         plane.service_account_kubeconfig(
             CHART_NAMESPACE,
-            accounts[0].metadata.name,
+            self.service_account(state),
             self.kubeconfig,
             server=f"https://{LAB_ADDRESS}:{LAB_PORT}",
         )
         for node in self.nodes(state):
             if node not in state.removed:
                 self._register_node(node, state)
+
+    def service_account(self, state: LabState | None = None) -> str:
+        """The name of the ServiceAccount the lab's chart release created."""
+        accounts = (
+            self.core_api(state)
+            .list_namespaced_service_account(
+                CHART_NAMESPACE, label_selector=f"app.kubernetes.io/instance={self.release}"
+            )
+            .items
+        )
+        if len(accounts) != 1:
+            raise LabError(f"the chart created {len(accounts)} service accounts, expected 1")
+        return str(accounts[0].metadata.name)
 
     def _register_node(self, node: str, state: LabState) -> None:
         create_node(

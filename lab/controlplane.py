@@ -299,20 +299,35 @@ class ControlPlane:
     def _write_kubeconfig(self, path: Path, server: str, token: str) -> None:
         write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), token, self.name)
 
+    def service_account_token(
+        self, namespace: str, account: str, seconds: int = 86400, bound_secret: str = ""
+    ) -> str:
+        """A token for the service account (TokenRequest), valid for ``seconds``; with
+        ``bound_secret``, only as long as that Secret exists (how a test revokes one)."""
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.api_client())
+        bound = None
+        if bound_secret:
+            secret: Any = api.read_namespaced_secret(bound_secret, namespace)
+            bound = client.V1BoundObjectReference(
+                api_version="v1", kind="Secret", name=bound_secret, uid=secret.metadata.uid
+            )
+        spec = client.V1TokenRequestSpec(
+            audiences=[ISSUER], expiration_seconds=seconds, bound_object_ref=bound
+        )
+        request = client.AuthenticationV1TokenRequest(spec=spec)
+        issued = api.create_namespaced_service_account_token(account, namespace, request).status
+        if issued is None or not issued.token:
+            raise ControlPlaneError(f"no token issued for {namespace}/{account}")
+        return issued.token
+
     def service_account_kubeconfig(
         self, namespace: str, account: str, path: Path, server: str, seconds: int = 86400
     ) -> Path:
         """A kubeconfig for ``server`` holding a token issued for the service account."""
-        from kubernetes import client
-
-        api = client.CoreV1Api(self.api_client())
-        request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[ISSUER], expiration_seconds=seconds)
-        )
-        issued = api.create_namespaced_service_account_token(account, namespace, request).status
-        if issued is None or not issued.token:
-            raise ControlPlaneError(f"no token issued for {namespace}/{account}")
-        write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), issued.token, self.name)
+        token = self.service_account_token(namespace, account, seconds)
+        write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), token, self.name)
         return path
 
     # -- using it --------------------------------------------------------------------------

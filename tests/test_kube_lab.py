@@ -10,15 +10,19 @@ it comes back.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.cluster import Lab, LabConfig
-from lab.controlplane import ControlPlane
+from lab.controlplane import LAB_ADDRESS, LAB_PORT, ControlPlane
 from lab.kubenodes import set_addresses, set_finalizers
+from lab.process import kill_all, spawn
 
 from .conftest import (
     NETNS_OK,
@@ -214,3 +218,93 @@ def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane
     before = snapshot(lab)
     lab.add_peer("node-2")
     wait_for(lambda: answered(lab, "node-2", "198.18.0.2", before), 5, "node-2 back")
+
+
+# Inside its own mount namespace the agent sees a pod's service-account files at the
+# path every Kubernetes client reads (/var/run/secrets/…), pointing at a directory of
+# the test's: nothing changes on the host.
+POD_FILES = (
+    "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && "
+    'ln -s "$0" /run/secrets/kubernetes.io/serviceaccount && exec "$@"'
+)
+
+
+def test_in_cluster_agent_follows_token_rotation(
+    lab: Lab, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The agent as a pod runs it: in-cluster config (KUBERNETES_SERVICE_HOST/PORT, the
+    mounted token and CA), no kubeconfig. The kubelet rotates that token; once the old
+    one is revoked the agent must pick up the new file by itself, without a restart."""
+    from kubernetes import client
+
+    api: Any = lab.core_api()
+    account = lab.service_account()
+    for name in ("token-a", "token-b"):  # each token lives only as long as its Secret
+        api.create_namespaced_secret(
+            "kube-prometheus", {"metadata": {"name": name}, "type": "Opaque"}
+        )
+    first, second = (
+        control_plane.service_account_token("kube-prometheus", account, 3600, bound_secret=s)
+        for s in ("token-a", "token-b")
+    )
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "ca.crt").write_text((control_plane.pki / "ca.crt").read_text())
+    (mounted / "namespace").write_text("kube-prometheus")
+    (mounted / "token").write_text(first)
+    port, address = 9799, lab.addresses("node-1")[0]
+    agent = spawn(
+        lab.namespace("node-1").cmd(
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", POD_FILES,
+            str(mounted), sys.executable, "-m", "exporter", "--node-name", "node-1",
+            "--listen-address", f"{address}:{port}", "--interval", "0.1", "--log-format", "json",
+        ),
+        tmp_path / "agent.log",
+        env={"KUBERNETES_SERVICE_HOST": LAB_ADDRESS, "KUBERNETES_SERVICE_PORT": str(LAB_PORT)},
+    )  # fmt: skip
+
+    def pod_agent() -> set[str]:
+        """Peers answering this agent while its discovery is up; empty otherwise."""
+        status, text = lab.http_get(f"http://{address}:{port}/metrics")
+        if status != 200:
+            return set()
+        samples = parse_metrics(text)
+        if value(samples, "kube_node_ping_discovery_up", source="kubernetes") != 1:
+            return set()
+        received = select(samples, "kube_node_ping_packets_received_total")
+        return {dict(labels)["destination_node"] for labels, v in received.items() if v > 0}
+
+    try:
+        wait_for(lambda: pod_agent() == set(others("node-1")), 15, "in-cluster discovery")
+        (mounted / "token.new").write_text(second)  # the kubelet's atomic rotation
+        (mounted / "token.new").replace(mounted / "token")
+        api.delete_namespaced_secret("token-a", "kube-prometheus")  # the old token is dead
+        control_plane.stop("kube-apiserver")  # every agent reconnects, authenticating anew
+        control_plane.start("kube-apiserver")
+        control_plane.wait_ready()
+        with pytest.raises(client.exceptions.ApiException) as refused:
+            client.CoreV1Api(_token_client(control_plane, first)).list_node()
+        assert refused.value.status == 401
+        # The client re-reads the token file every minute; plus the discovery backoff.
+        took = wait_for(lambda: bool(pod_agent()), 120, "discovery with the new token", step=1)
+        timed("token rotated, old one revoked: in-cluster agent syncing again", took)
+        lab.remove_peer("node-3")
+        wait_for(lambda: pod_agent() == {"node-2", "node-4"}, 5, "watching again")
+        lab.add_peer("node-3")
+    finally:
+        kill_all({agent})
+        for name in ("token-a", "token-b"):
+            with suppress(client.exceptions.ApiException):
+                api.delete_namespaced_secret(name, "kube-prometheus")
+    log = (tmp_path / "agent.log").read_text()
+    assert "401" in log, "the revoked token was never refused: the rotation was not exercised"
+
+
+def _token_client(plane: ControlPlane, token: str) -> Any:
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = plane.server
+    configuration.ssl_ca_cert = str(plane.pki / "ca.crt")
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
