@@ -25,12 +25,16 @@ def _run(coro: object) -> None:
 
 
 def check_config(settings: Settings) -> str:
-    """Validate without running: the settings, and the peers file in file discovery."""
+    """Validate without running: the settings, the textfile directory when writing one,
+    and the peers file in file discovery."""
     from .app import choose_discovery
     from .config import DiscoveryMode
     from .discovery.file import load_initial
+    from .textfile import check_directory
 
     mode = choose_discovery(settings)
+    if settings.wants_textfile:
+        check_directory(settings.textfile_dir)
     detail = ""
     if mode is DiscoveryMode.FILE:
         _, nodes = load_initial(settings.peers_file)

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +360,64 @@ def test_bad_values_are_rejected_by_name(args: list[str], message: str) -> None:
     )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def textfile_init(args: list[str]) -> dict[str, Any] | None:
+    (daemonset,) = by_kind(render(args), "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    found = [c for c in spec.get("initContainers", []) if c["name"] == "textfile-permissions"]
+    return found[0] if found else None
+
+
+def test_textfile_init_container_only_where_needed() -> None:
+    helm_binaries()
+    init = textfile_init(sets("output=textfile"))
+    assert init is not None
+    assert init["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]},
+    }
+    assert textfile_init([]) is None  # http only: no directory
+    assert textfile_init(sets("output=both", "icmp.mode=raw")) is None  # root writes anyway
+    assert textfile_init(sets("output=both", "textfile.setPermissions=false")) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as the init container")
+def test_textfile_init_container_makes_the_directory_writable(tmp_path: Path) -> None:
+    """The init container's own command, run as it runs (root with only CHOWN and
+    FOWNER), turns a root-owned 0755 host directory into one the agent (uid/gid
+    65534, as in the pod) accepts; before it, the agent refuses with one line."""
+    helm_binaries()
+    init = textfile_init(sets("output=textfile"))
+    assert init is not None
+    directory = Path(tempfile.mkdtemp(prefix="npe-textfile-", dir="/tmp"))
+    directory.chmod(0o755)
+    try:
+        agent = [
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            sys.executable, "-m", "exporter", "--check-config", "--node-name", "n",
+            "--peer", "a=127.0.0.1", "--output", "textfile", "--textfile-dir", str(directory),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        before = subprocess.run(agent, capture_output=True, text=True, env=env, cwd="/")
+        assert before.returncode == 2 and "not writable by uid 65534" in before.stderr
+        command = [directory.as_posix() if a == "/textfile" else a for a in init["command"]]
+        only = "-all," + ",".join(
+            f"+{c.lower()}" for c in init["securityContext"]["capabilities"]["add"]
+        )
+        for _ in range(2):  # every pod start runs it: twice must be fine
+            subprocess.run(
+                ["setpriv", f"--bounding-set={only}", f"--inh-caps={only}", "--no-new-privs",
+                 *command],
+                check=True,
+            )  # fmt: skip
+            stat = directory.stat()
+            assert (stat.st_gid, oct(stat.st_mode & 0o7777)) == (65534, "0o775")
+        after = subprocess.run(agent, capture_output=True, text=True, env=env, cwd="/")
+        assert after.returncode == 0, after.stderr
+    finally:
+        shutil.rmtree(directory)

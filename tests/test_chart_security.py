@@ -19,6 +19,7 @@ CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
 ALWAYS = {"CKV_K8S_19", "CKV_K8S_11", "CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}
 ROOT_WITH_NET_RAW = {"CKV_K8S_23", "CKV_K8S_40", "CKV_K8S_25"}
 PRIVILEGED_INIT = {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_23", "CKV_K8S_40"}
+TEXTFILE_INIT = {"CKV_K8S_25"}  # CHOWN and FOWNER, unprivileged mode with textfile output
 
 CONFIGURATIONS: dict[str, tuple[list[str], set[str]]] = {
     "defaults, all objects": (
@@ -29,6 +30,10 @@ CONFIGURATIONS: dict[str, tuple[list[str], set[str]]] = {
             "dashboards.enabled=true",
             "output=both",
         ),
+        ALWAYS | TEXTFILE_INIT,
+    ),
+    "textfile, directory prepared on the nodes": (
+        sets("output=textfile", "textfile.setPermissions=false"),
         ALWAYS,
     ),
     "raw": (sets("icmp.mode=raw"), ALWAYS | ROOT_WITH_NET_RAW),

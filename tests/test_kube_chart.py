@@ -45,6 +45,7 @@ EVERYTHING_ON = [
     "--set", "serviceMonitor.labels.release=kube-prometheus-stack",
     "--set", "podMonitor.labels.release=kube-prometheus-stack",
     "--set", "prometheusRule.labels.release=kube-prometheus-stack",
+    "--set", "output=both",  # the textfile volume and its init container too
 ]  # fmt: skip
 
 

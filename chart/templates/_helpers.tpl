@@ -64,6 +64,11 @@ app.kubernetes.io/part-of: node-ping-exporter
 {{- if has .Values.output (list "textfile" "both") }}true{{ end }}
 {{- end }}
 
+{{/* Does an init container make the textfile directory writable for the agent's group? */}}
+{{- define "npe.textfilePermissions" -}}
+{{- if and (include "npe.textfile" .) (not (include "npe.rawCapable" .)) .Values.textfile.setPermissions }}true{{ end }}
+{{- end }}
+
 {{/* Does the pod run as root with NET_RAW (raw and auto modes)? */}}
 {{- define "npe.rawCapable" -}}
 {{- if has .Values.icmp.mode (list "raw" "auto") }}true{{ end }}
