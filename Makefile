@@ -44,6 +44,10 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	@if command -v go >/dev/null 2>&1; then \
+	  test -z "$$(gofmt -l benchmarks/responder)" || { gofmt -l benchmarks/responder; exit 1; }; \
+	  cd benchmarks/responder && go vet ./...; \
+	fi
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy
