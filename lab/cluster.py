@@ -36,7 +36,7 @@ from .controlplane import LAB_ADDRESS, LAB_PORT, ControlPlane, ControlPlaneError
 from .faults import TABLE, Fault, network_ruleset
 from .kubenodes import LAB_LABEL, create_node, delete_node
 from .netns import NETNS_DIR, Namespace, can_create_namespaces, sh
-from .process import alive, kill_all, spawn
+from .process import alive, kill_all, spawn, write_atomically
 from .responder import ensure_responder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,9 +149,7 @@ class Lab:
             raise LabError(f"no lab named '{self.name}' is up (node-ping-lab up)") from None
 
     def save(self, state: LabState) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state.to_json(), indent=2))
-        tmp.replace(self.state_file)
+        write_atomically(self.state_file, json.dumps(state.to_json(), indent=2))
 
     @contextmanager
     def changing(self) -> Iterator[LabState]:
@@ -259,9 +257,7 @@ class Lab:
             if node not in state.removed
             for address in self.addresses(node, state)
         ]
-        tmp = self.peers_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries, indent=1))
-        tmp.replace(self.peers_file)  # atomic, as a ConfigMap update
+        write_atomically(self.peers_file, json.dumps(entries, indent=1))  # as a ConfigMap update
 
     def _start_agent(self, node: str, state: LabState) -> int:
         config = state.config
@@ -341,7 +337,7 @@ class Lab:
             if node in state.removed:
                 state.removed.remove(node)
                 if state.config.kubernetes:
-                    self._register_node(node, state)
+                    self._register_node(self.core_api(state), node, state)
             self._write_peers(state)
 
     def _check_node(self, node: str, state: LabState) -> None:
@@ -383,9 +379,10 @@ class Lab:
             self.kubeconfig,
             server=f"https://{LAB_ADDRESS}:{LAB_PORT}",
         )
+        api = self.core_api(state)
         for node in self.nodes(state):
             if node not in state.removed:
-                self._register_node(node, state)
+                self._register_node(api, node, state)
 
     def service_account(self, state: LabState | None = None) -> str:
         """The name of the ServiceAccount the lab's chart release created."""
@@ -400,10 +397,8 @@ class Lab:
             raise LabError(f"the chart created {len(accounts)} service accounts, expected 1")
         return str(accounts[0].metadata.name)
 
-    def _register_node(self, node: str, state: LabState) -> None:
-        create_node(
-            self.core_api(state), node, self.addresses(node, state), labels={LAB_LABEL: self.name}
-        )
+    def _register_node(self, api: Any, node: str, state: LabState) -> None:
+        create_node(api, node, self.addresses(node, state), labels={LAB_LABEL: self.name})
 
     def _kube_teardown(self, state: LabState) -> None:
         """The lab's Node objects and chart release removed, when the control plane runs.

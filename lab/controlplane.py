@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .process import ROOT, alive, kill_all, spawn
+from .process import ROOT, alive, kill_all, spawn, write_atomically
 
 STATE_ROOT = Path("/tmp/node-ping-kube")
 BINARIES = ROOT / ".cache" / "controlplane"  # made by scripts/build-controlplane.sh
@@ -115,9 +115,7 @@ class ControlPlane:
             ) from None
 
     def _save(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.state_file)
+        write_atomically(self.state_file, json.dumps(state, indent=1))
 
     @property
     def ports(self) -> Ports:
@@ -327,7 +325,7 @@ class ControlPlane:
     ) -> Path:
         """A kubeconfig for ``server`` holding a token issued for the service account."""
         token = self.service_account_token(namespace, account, seconds)
-        write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), token, self.name)
+        self._write_kubeconfig(path, server, token)
         return path
 
     # -- using it --------------------------------------------------------------------------

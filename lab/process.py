@@ -2,7 +2,7 @@
 
 They outlive the Python process that started them (their own session), so that
 separate CLI calls and test fixtures can share one lab; their ids are kept in
-the owner's state file.
+the owner's state file, written with :func:`write_atomically`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ def spawn(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
     return proc.pid
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step: a reader sees the old file or the new, never half."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.netns import can_create_namespaces
+from lab.process import write_atomically
 from lab.targets import TargetNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,13 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, step: float
             return time.monotonic() - started
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def record(path: Path, line: str) -> None:
+    """Append a measured figure to a file under .cache that the docs are written from."""
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as f:
+        f.write(line + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -169,9 +177,7 @@ def running_lab(name: str, config: Any) -> Iterator[Any]:
 
 def write_peers(path: Path, peers: dict[str, str]) -> None:
     """Write a peers file atomically, as a ConfigMap update would appear."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"name": n, "ipAddress": ip} for n, ip in peers.items()]))
-    tmp.replace(path)
+    write_atomically(path, json.dumps([{"name": n, "ipAddress": ip} for n, ip in peers.items()]))
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from .conftest import (
     NETNS_WHY,
     ROOT,
     parse_metrics,
+    record,
     running_lab,
     select,
     value,
@@ -43,9 +44,7 @@ TIMINGS = ROOT / ".cache" / "kube-timing.txt"  # measured figures, read back for
 
 
 def timed(what: str, seconds: float) -> None:
-    TIMINGS.parent.mkdir(exist_ok=True)
-    with TIMINGS.open("a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {what}: {seconds:.2f}s\n")
+    record(TIMINGS, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {what}: {seconds:.2f}s")
 
 
 @pytest.fixture(scope="module")

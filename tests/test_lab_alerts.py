@@ -19,7 +19,7 @@ from lab.cli import LabPrometheus
 from lab.cluster import Lab, LabConfig
 from lab.faults import Fault
 
-from .conftest import NETNS_OK, NETNS_WHY, ROOT, running_lab
+from .conftest import NETNS_OK, NETNS_WHY, ROOT, record, running_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)]
 
@@ -125,9 +125,7 @@ def test_the_fault_fires_its_alert_only(lab: Lab, name: str) -> None:
         took = time.monotonic() - started
         line = f"{name}: {alert[0]} for {alert[1]} fired {took:.0f}s after the fault"
         print(f"\n{line}")
-        TIMINGS.parent.mkdir(exist_ok=True)
-        with TIMINGS.open("a") as f:  # read back for docs/alert-timing.md
-            f.write(line + "\n")
+        record(TIMINGS, line)  # read back for docs/alert-timing.md
         assert took <= FIRE_LIMIT, f"{alert} took {took:.0f}s (limit {FIRE_LIMIT}s)"
         assert firing(lab) == {alert}
         time.sleep(10)  # and nothing else joins it
