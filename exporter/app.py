@@ -1,8 +1,10 @@
 """Wires the agent together and runs it until SIGTERM/SIGINT.
 
 discovery -> peer table -> prober (ICMP engine) -> statistics -> exposition
-(HTTP thread, textfile task). Start-up problems raise ConfigError (exit 2) or
-IcmpUnavailable; once running, nothing but a signal stops the agent.
+(HTTP server, textfile writer). Each running part is a component under one
+Supervisor (exporter.supervisor). Start-up problems raise ConfigError (exit 2)
+or IcmpUnavailable (exit 1); once running, only a signal or a critical
+component's failure stops the agent.
 """
 
 from __future__ import annotations
@@ -12,46 +14,40 @@ import errno
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .config import ConfigError, DiscoveryMode, Settings, split_listen_address
+from .config import ConfigError, DiscoveryMode, split_listen_address
 from .discovery import DiscoveryState, NodeSink
 from .discovery.external import ExternalTargets
-from .discovery.file import load_initial, watch_peers_file
-from .discovery.kubernetes import KubernetesDiscovery, in_cluster
-from .discovery.static import apply_static_peers
-from .engine import MAX_TICK_SECONDS, Prober
+from .discovery.file import PeersFileDiscovery
+from .discovery.kubernetes import KubernetesDiscovery
+from .discovery.static import StaticDiscovery
+from .engine import Prober
 from .exposition import Exposition
-from .icmp import EchoSocket, IcmpMode, open_echo_socket, resolve_mode
-from .metrics import AgentCollector, AgentState
+from .icmp import EchoSocket, open_echo_socket, resolve_mode
+from .metrics import AgentCollector
 from .peers import PeerTable
-from .server import make_server, serve_in_thread
-from .textfile import TextfileWriter, check_directory
+from .preflight import Plan
+from .server import make_server
+from .supervisor import AgentFailed, Component, Supervisor, in_thread
+from .textfile import TextfileWriter
 
 log = logging.getLogger(__name__)
 
 HEALTHY_HEARTBEAT_SECONDS = 10.0
 SHUTDOWN_SECONDS = 1.5  # SIGTERM to exit, well inside the 2 s promise
+DRAIN_SECONDS = 0.1  # /readyz answers 503 this long before the listener closes
 
 
-def choose_discovery(settings: Settings) -> DiscoveryMode:
-    if settings.discovery is not DiscoveryMode.AUTO:
-        return settings.discovery
-    if in_cluster() or settings.kubeconfig:
-        return DiscoveryMode.KUBERNETES
-    if settings.peers:
-        return DiscoveryMode.STATIC
-    return DiscoveryMode.FILE
-
-
-def open_sockets(mode: IcmpMode) -> dict[int, EchoSocket]:
-    sockets: dict[int, EchoSocket] = {4: open_echo_socket(4, raw=mode is IcmpMode.RAW)}
+def open_sockets(raw: bool) -> dict[int, EchoSocket]:
+    sockets: dict[int, EchoSocket] = {4: open_echo_socket(4, raw=raw)}
     try:
-        sockets[6] = open_echo_socket(6, raw=mode is IcmpMode.RAW)
+        sockets[6] = open_echo_socket(6, raw=raw)
     except Exception as exc:  # IPv6 disabled on the node: IPv6 peers count send errors
         log.warning(
             "no IPv6 ICMP socket; IPv6 peers will not be probed", extra={"problem": str(exc)}
@@ -59,30 +55,52 @@ def open_sockets(mode: IcmpMode) -> dict[int, EchoSocket]:
     return sockets
 
 
+class HttpServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` served from a thread (a slow scrape
+    never delays the prober's sends); cancelling run() shuts the server down."""
+
+    name = "http"
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def run(self) -> None:
+        await in_thread("http", self.server.serve_forever, self.server.shutdown)
+        raise RuntimeError("the HTTP server stopped serving")
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(())
+
+    def close(self) -> None:
+        self.server.server_close()
+
+
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, plan: Plan) -> None:
+        settings = plan.settings
         self.settings = settings
+        self.plan = plan
         self.shutting_down = False
+        me = settings.node_name
         self.mode = resolve_mode(settings.icmp_mode)
-        self.sockets = open_sockets(self.mode)
+        self.sockets = open_sockets(raw=self.mode.value == "raw")
+        self.supervisor = Supervisor(me)
         self.table = PeerTable(
             settings.window, settings.per_peer_histogram, on_change=self._peers_changed
         )
         self.prober = Prober(
-            self.table, self.sockets, settings.interval, settings.timeout, settings.payload_size
+            self.table,
+            self.sockets,
+            settings.interval,
+            settings.timeout,
+            settings.payload_size,
+            node_name=me,
         )
-        self.state = AgentState(settings.node_name, self.mode.value, self.table, self.prober.stats)
-        self.collector = AgentCollector(self.state, settings.per_peer_histogram)
-        self.sink = NodeSink(self.table, settings.node_name, settings.ping_self, settings.max_peers)
-        self.discovery_mode = choose_discovery(settings)
-        self.discovery_state = DiscoveryState(self.discovery_mode.value)
-        self.state.discovery.append(self.discovery_state)
-        self.external = ExternalTargets(settings.external_targets, self.table)
-        self.state.resolve_errors = self.external.resolve_errors
-        self.state.external_addresses = self.external.addresses
-        self.state.external_hosts = {t.name: t.host for t in settings.external_targets}
+        self.collector = AgentCollector(me, self.mode.value, self.table, self.supervisor)
+        self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
+        self.discovery_state = DiscoveryState(plan.discovery.value, me)
         self.textfile: TextfileWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.http: HttpServer | None = None
 
     # -- health ---------------------------------------------------------------
 
@@ -108,121 +126,99 @@ class Agent:
         if self.textfile is not None:
             self.textfile.request_write()
 
-    def _start_discovery(self) -> None:
+    def _discovery(self) -> Component:
+        s, plan, state = self.settings, self.plan, self.discovery_state
+        if plan.discovery is DiscoveryMode.STATIC:
+            return StaticDiscovery(s.peers, self.sink, state)
+        if plan.discovery is DiscoveryMode.FILE:
+            assert plan.peers_file is not None, "preflight reads the peers file"
+            return PeersFileDiscovery(
+                s.peers_file, s.peers_file_poll_interval, self.sink, state, plan.peers_file
+            )
+        return KubernetesDiscovery(
+            self.sink,
+            state,
+            s.address_types,
+            s.node_selector,
+            s.kubeconfig,
+            api=plan.kubernetes_api,
+        )
+
+    def _http_server(self) -> HttpServer:
         s = self.settings
-        mode = self.discovery_mode
-        if mode is DiscoveryMode.STATIC:
-            if not s.peers:
-                raise ConfigError(
-                    "invalid setting 'peers' (--peer): static discovery needs "
-                    "at least one --peer NAME=IP"
-                )
-            apply_static_peers(s.peers, self.sink, self.discovery_state)
-        elif mode is DiscoveryMode.FILE:
-            text, nodes = load_initial(s.peers_file)
-            self.sink.update(nodes)
-            self.discovery_state.succeeded()
-            self._spawn(
-                "peers-file",
-                lambda: watch_peers_file(
-                    s.peers_file, s.peers_file_poll_interval, text, self.sink, self.discovery_state
-                ),
-            )
-        else:
-            kube = KubernetesDiscovery(
-                self.sink, self.discovery_state, s.address_types, s.node_selector, s.kubeconfig
-            )
-            kube.start(asyncio.get_running_loop())
+        registry = CollectorRegistry()
+        registry.register(self.collector)
+        registry.register(ProcessCollector(registry=None))
+        exposition = Exposition(self.table, s.node_name, registry)
+        host, port = split_listen_address(s.listen_address)
+        try:
+            server = make_server(host, port, exposition.render, self.healthy, self.ready)
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid setting 'listen_address' (--listen-address): "
+                f"cannot listen on {s.listen_address}: "
+                f"{exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+            ) from None
+        return HttpServer(server)
 
-    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
-
-    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """Run a part; an unexpected exception is counted, logged, and the part restarted."""
-        while True:
-            try:
-                await factory()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.state.exceptions += 1
-                log.exception("task failed, restarting", extra={"task": name})
-                await asyncio.sleep(1.0)
+    def _textfile_writer(self) -> TextfileWriter:
+        s = self.settings
+        registry = CollectorRegistry()  # our metrics only: node-exporter has its own
+        registry.register(self.collector)
+        exposition = Exposition(self.table, s.node_name, registry)
+        writer = TextfileWriter(
+            s.textfile_path, exposition.render, s.textfile_interval, s.node_name
+        )
+        writer.remove_stale()
+        return writer
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        self.state.exceptions += 1
+        self.supervisor.exceptions += 1
         loop.default_exception_handler(context)
 
     # -- run ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Run until a signal; raises ConfigError when a critical component fails."""
         s = self.settings
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
-        self._start_discovery()
+        supervisor = self.supervisor
+        supervisor.start(self._discovery())
         if s.external_targets:
-            await self.external.resolve_all()
-            self._spawn("external-targets", lambda: self.external.run(s.resolve_interval))
-
-        server = None
+            supervisor.start(
+                ExternalTargets(s.external_targets, self.table, s.resolve_interval, s.node_name)
+            )
+        supervisor.start(self.prober)
         if s.wants_http:
-            registry = CollectorRegistry()
-            registry.register(self.collector)
-            registry.register(ProcessCollector(registry=None))
-            http = Exposition(self.table, s.node_name, registry)
-            host, port = split_listen_address(s.listen_address)
-            try:
-                server = make_server(host, port, http.render, self.healthy, self.ready)
-            except OSError as exc:
-                raise ConfigError(
-                    f"invalid setting 'listen_address' (--listen-address): "
-                    f"cannot listen on {s.listen_address}: "
-                    f"{exc.strerror or errno.errorcode.get(exc.errno or 0)}"
-                ) from None
-            serve_in_thread(server)
-        textfile_task = None
+            self.http = self._http_server()
+            supervisor.start(self.http)
         if s.wants_textfile:
-            check_directory(s.textfile_dir)
-            text_registry = CollectorRegistry()  # our metrics only: node-exporter has its own
-            text_registry.register(self.collector)
-            text = Exposition(self.table, s.node_name, text_registry)
-            self.textfile = TextfileWriter(s.textfile_path, text.render)
-            self.state.textfile = self.textfile
-            self.textfile.remove_stale()
-            textfile_task = asyncio.create_task(self.textfile.run(s.textfile_interval))
-
-        stopped = asyncio.Event()
+            self.textfile = self._textfile_writer()
+            supervisor.start(self.textfile)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopped.set)
+            loop.add_signal_handler(sig, supervisor.ended.set)
         log.info(
             "started",
             extra={
                 "node": s.node_name,
                 "icmp_mode": self.mode.value,
-                "discovery": self.discovery_mode.value,
+                "discovery": self.plan.discovery.value,
                 "peers": len(self.table),
                 "output": s.output.value,
-                "listen": s.listen_address if server else "-",
+                "listen": s.listen_address if self.http else "-",
             },
         )
-        self._spawn("prober", self.prober.run)
-        await stopped.wait()
-
+        await supervisor.ended.wait()
         log.info("stopping")
         self.shutting_down = True
-        self.prober.stop()
-        if self.textfile is not None and textfile_task is not None:
-            self.textfile.stop()
-            try:  # let a write in progress finish; then the file stays as the last state
-                await asyncio.wait_for(textfile_task, SHUTDOWN_SECONDS)
-            except TimeoutError:
-                log.error("textfile write did not finish in time")
-        await asyncio.sleep(min(MAX_TICK_SECONDS, 0.1))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            server.server_close()
+        await asyncio.sleep(DRAIN_SECONDS)
+        await supervisor.stop(SHUTDOWN_SECONDS)
+        if self.http is not None:
+            self.http.close()
+        if self.textfile is not None:
+            self.textfile.close()
         for sock in self.sockets.values():
             sock.close()
+        if supervisor.fatal:
+            raise AgentFailed(supervisor.fatal)

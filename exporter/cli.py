@@ -8,9 +8,10 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, load_settings
 from .icmp import IcmpUnavailable
-from .logs import setup_logging
+from .logs import one_line, setup_logging
+from .supervisor import AgentFailed
 
 PROG = "node-ping-exporter"
 
@@ -24,26 +25,6 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
-def check_config(settings: Settings) -> str:
-    """Validate without running: the settings, the textfile directory when writing one,
-    and the peers file in file discovery."""
-    from .app import choose_discovery
-    from .config import DiscoveryMode
-    from .discovery.file import load_initial
-    from .textfile import check_directory
-
-    mode = choose_discovery(settings)
-    if settings.wants_textfile:
-        check_directory(settings.textfile_dir)
-    detail = ""
-    if mode is DiscoveryMode.FILE:
-        _, nodes = load_initial(settings.peers_file)
-        detail = f", {len(nodes)} peer addresses in {settings.peers_file}"
-    elif mode is DiscoveryMode.STATIC:
-        detail = f", {len(settings.peers)} static peers"
-    return f"configuration OK: node {settings.node_name}, discovery {mode.value}{detail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["diagnose"]:
@@ -55,21 +36,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(args, dict(os.environ))
+        from .preflight import preflight  # heavy imports only once the settings are good
+
+        plan = preflight(settings)
         if "--check-config" in args:
-            print(check_config(settings))
+            print(plan.describe())
             return 0
         setup_logging(settings.log_format.value, settings.log_level)
-        from .app import Agent  # heavy imports only once the settings are good
+        from .app import Agent
 
         async def run() -> None:
-            await Agent(settings).run()
+            await Agent(plan).run()
 
         _run(run())
     except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except IcmpUnavailable as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except (IcmpUnavailable, AgentFailed) as exc:
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -57,8 +65,15 @@ class LogFormat(StrEnum):
 
 
 class StaticPeer(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(min_length=1)
     address: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_node_name(value)
 
     @field_validator("address")
     @classmethod
@@ -67,15 +82,22 @@ class StaticPeer(BaseModel):
 
 
 class ExternalTarget(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     host: str = Field(min_length=1, description="IP address or DNS name")
     name: str = Field(default="", description="label value; defaults to host")
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _is_ip(value) and not HOSTNAME.fullmatch(value):
+        if not is_ip(value) and not HOSTNAME.fullmatch(value):
             raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return check_label_value(value)
 
     def model_post_init(self, context: Any, /) -> None:
         if not self.name:
@@ -86,6 +108,7 @@ HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
+TEXTFILE_PREFIX = re.compile(r"([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})?")
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # One requirement of a Kubernetes label selector: key, !key, key=v, key==v,
 # key!=v, key in (a,b), key notin (a,b).
@@ -97,7 +120,41 @@ SELECTOR_REQUIREMENT = re.compile(
 )
 
 
-def _is_ip(value: str) -> bool:
+# A Kubernetes object name (DNS-1123 subdomain), as Node names are.
+NODE_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+MAX_LABEL_VALUE = 253
+# The prober paces sends on ticks of at least 10 ms; twice that is the shortest
+# interval it honours exactly (tests/test_engine_clock.py).
+MIN_INTERVAL_SECONDS = 0.02
+
+
+def check_node_name(value: str) -> str:
+    """A node name becomes a label value and part of the textfile's path: only
+    Kubernetes names (lower-case letters, digits, '-', '.') are accepted."""
+    if not NODE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a Kubernetes node name (lower-case letters, digits, '-' "
+            "and '.', at most 253 characters)"
+        )
+    return value
+
+
+def check_label_value(value: str) -> str:
+    """A name that becomes a label value: printable text, no control characters."""
+    if len(value) > MAX_LABEL_VALUE or not value.isprintable():
+        raise ValueError(
+            f"{value!r} must be printable text of at most {MAX_LABEL_VALUE} characters"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{value!r} is not valid UTF-8") from None
+    return value
+
+
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -112,11 +169,15 @@ def normalise_ip(value: str) -> str:
         raise ValueError(f"'{value}' is not an IP address") from None
 
 
-def _split_list(value: Any) -> Any:
+def _split_list(value: Any) -> list[Any]:
     """Lists may come as one comma-separated string (environment variables)."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list, got {type(value).__name__} {value!r}")
+    return list(value)
 
 
 def _split_selector(selector: str) -> list[str]:
@@ -144,10 +205,11 @@ class Settings(BaseSettings):
         validate_by_name=True,
         validate_by_alias=True,
         use_enum_values=False,
+        allow_inf_nan=False,
     )
 
     node_name: str = Field(
-        default_factory=socket.gethostname,
+        default_factory=lambda: socket.gethostname().lower(),  # as the kubelet names it
         min_length=1,
         validation_alias=AliasChoices("NODE_PING_NODE_NAME", "MY_NODE_NAME"),
         description="this node's name: the source_node label, and excluded from its peers",
@@ -196,7 +258,12 @@ class Settings(BaseSettings):
         default=IcmpMode.AUTO,
         description="auto: unprivileged ping socket if allowed, else raw (CAP_NET_RAW)",
     )
-    interval: float = Field(default=1.0, gt=0, description="seconds between probes to a peer")
+    interval: float = Field(
+        default=1.0,
+        ge=MIN_INTERVAL_SECONDS,
+        le=3600,
+        description=f"seconds between probes to a peer (at least {MIN_INTERVAL_SECONDS})",
+    )
     timeout: float = Field(default=1.0, gt=0, le=60, description="seconds before a probe is lost")
     payload_size: int = Field(
         default=56, ge=MIN_PAYLOAD_SIZE, le=65000, description="ICMP payload bytes"
@@ -227,21 +294,52 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(default=LogFormat.PLAIN, description="plain or json")
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_loose_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        """A YAML ``true`` is not the number 1, nor ``1`` a boolean: refuse both
+        (flags and environment variables arrive as text and parse as usual)."""
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        if annotation in (int, float) and isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if annotation is bool and not isinstance(value, bool | str):
+            raise ValueError(f"must be true or false, got {value!r}")
+        if annotation in (str, Path) and not isinstance(value, str | Path):
+            raise ValueError(f"must be text, got {value!r}")
+        return value
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        return check_node_name(value)
+
     @field_validator("peers", mode="before")
     @classmethod
     def _peers(cls, value: Any) -> Any:
-        return [_static_peer(item) for item in _split_list(value) or []]
+        return [_static_peer(item) for item in _split_list(value)]
 
     @field_validator("external_targets", mode="before")
     @classmethod
     def _targets(cls, value: Any) -> Any:
-        return [_external_target(item) for item in _split_list(value) or []]
+        return [_external_target(item) for item in _split_list(value)]
+
+    @field_validator("external_targets")
+    @classmethod
+    def _unique_targets(cls, value: list[ExternalTarget]) -> list[ExternalTarget]:
+        seen: set[str] = set()
+        for target in value:
+            if target.name in seen:
+                raise ValueError(
+                    f"two targets are named {target.name!r}: each needs its own name (NAME=HOST)"
+                )
+            seen.add(target.name)
+        return value
 
     @field_validator("address_types", mode="before")
     @classmethod
     def _address_types(cls, value: Any) -> Any:
         value = _split_list(value)
-        for item in value or []:
+        for item in value:
             if item not in ADDRESS_TYPES:
                 raise ValueError(f"'{item}' is not one of {', '.join(ADDRESS_TYPES)}")
         if not value:
@@ -273,8 +371,10 @@ class Settings(BaseSettings):
     @field_validator("textfile_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if "/" in value:
-            raise ValueError("must not contain '/'")
+        if not TEXTFILE_PREFIX.fullmatch(value):
+            raise ValueError(
+                "may hold only letters, digits, '_', '-' and '.', and not start with '.'"
+            )
         return value
 
     @classmethod
@@ -323,7 +423,7 @@ def split_listen_address(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"'{value}' is not HOST:PORT (e.g. :{DEFAULT_PORT})")
     host = host.strip("[]")
-    if host and not _is_ip(host) and not HOSTNAME.fullmatch(host):
+    if host and not is_ip(host) and not HOSTNAME.fullmatch(host):
         raise ValueError(f"'{host}' is not an address to listen on")
     return host, int(port)
 

@@ -28,10 +28,19 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
-from .icmp import EchoReply, EchoSocket, RequestBuilder
+from prometheus_client.core import Metric
+
+from .icmp import EchoReply, RequestBuilder
+from .metric_table import (
+    DUPLICATE_REPLIES,
+    EVENT_LOOP_LAG,
+    LATE_REPLIES,
+    SEND_ERRORS,
+    SKIPPED_PROBES,
+)
 from .peers import Peer, PeerTable
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,42 @@ LAG_WINDOW_SECONDS = 10.0
 MAX_LATENESS_SECONDS = 0.1
 
 
+class Clock(Protocol):
+    """Time as the prober sees it. Tests pass a scripted clock, so pacing and
+    timeouts are checked exactly, not against the wall clock."""
+
+    def monotonic(self) -> float: ...
+
+    def time_ns(self) -> int: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time_ns(self) -> int:
+        """CLOCK_REALTIME in ns: the clock of the kernel's receive stamps."""
+        return time.time_ns()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class Sender(Protocol):
+    """One address family's socket, as the prober uses it (exporter.icmp.EchoSocket)."""
+
+    def sockaddr(self, address: str) -> tuple[Any, ...]: ...
+
+    def request_builder(self, token: bytes, payload_size: int) -> RequestBuilder: ...
+
+    @property
+    def sendto(self) -> Callable[[bytes, tuple[Any, ...]], int]: ...
+
+    def drain(self, limit: int = 4096) -> list[EchoReply]: ...
+
+
 # How to reach a peer: its family's request builder and its socket's sendto.
 Route = tuple[RequestBuilder, Callable[[bytes, tuple[Any, ...]], int]]
 # (offset in the cycle, peer, route or None without a socket, sockaddr)
@@ -60,16 +105,16 @@ FREE, PENDING, ANSWERED, EXPIRED = 0, 1, 2, 3
 class EngineStats:
     """The prober's own health, exported as self-metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.send_errors: dict[str, int] = {}
         self.late_replies = 0
         self.duplicate_replies = 0
         self.probes_resolved = 0
         self.skipped_probes = 0
-        self.heartbeat = time.monotonic()  # last time the sender ran
+        self.heartbeat = now  # last time the sender ran
         self._lag_now = 0.0
         self._lag_before = 0.0
-        self._lag_rotated = time.monotonic()
+        self._lag_rotated = now
 
     def observe_lag(self, lag: float, now: float) -> None:
         if now - self._lag_rotated >= LAG_WINDOW_SECONDS:
@@ -87,22 +132,29 @@ class EngineStats:
 
 
 class Prober:
+    name = "prober"
+
     def __init__(
         self,
         table: PeerTable,
-        sockets: dict[int, EchoSocket],
+        sockets: Mapping[int, Sender],
         interval: float,
         timeout: float,
         payload_size: int,
         phase: float | None = None,
+        clock: Clock | None = None,
+        node_name: str = "",
+        token: bytes | None = None,
     ) -> None:
         self.table = table
         self.sockets = sockets
         self.interval = interval
         self.timeout = timeout
         self.timeout_ns = int(timeout * 1e9)
-        self.stats = EngineStats()
-        self._token = os.urandom(8)
+        self.clock: Clock = clock or SystemClock()
+        self.node_name = node_name
+        self.stats = EngineStats(self.clock.monotonic())
+        self._token = os.urandom(8) if token is None else token
         self._payload_size = payload_size
         self._counter = int.from_bytes(os.urandom(2), "big")  # random start sequence
         # Per sequence slot: probe counter, peer, send stamp, deadline, state.
@@ -113,7 +165,7 @@ class Prober:
         self._slot_state = bytearray(SEQUENCE_SLOTS)
         self._in_flight: deque[int] = deque()  # sequences, in send order = deadline order
         phase = os.urandom(1)[0] / 256 if phase is None else phase
-        self._cycle_start = time.monotonic() - phase * interval
+        self._cycle_start = self.clock.monotonic() - phase * interval
         self._schedule: list[ScheduleEntry] = []
         self._next = 0
         self._schedule_dirty = True
@@ -130,7 +182,33 @@ class Prober:
         self._stopping = True
 
     async def run(self) -> None:
-        await self._send_loop()
+        clock = self.clock
+        intended_wake = clock.monotonic()
+        while not self._stopping:
+            now = clock.monotonic()
+            self.stats.observe_lag(max(0.0, now - intended_wake), now)
+            intended_wake = self.tick(now)
+            await clock.sleep(intended_wake - now)
+
+    def tick(self, now: float) -> float:
+        """One round: take the replies, expire timeouts, send what is due.
+        Returns when to run the next round."""
+        self.stats.heartbeat = now
+        self._drain_all()
+        self._expire(now)
+        if self._schedule_dirty:
+            self._rebuild_schedule(now)
+        next_due = self._send_due(now)
+        return min(max(next_due, now + MIN_TICK_SECONDS), now + MAX_TICK_SECONDS)
+
+    def collect(self) -> Iterator[Metric]:
+        me, stats = self.node_name, self.stats
+        yield LATE_REPLIES.sample(stats.late_replies, me)
+        yield SKIPPED_PROBES.sample(stats.skipped_probes, me)
+        yield DUPLICATE_REPLIES.sample(stats.duplicate_replies, me)
+        errors = sorted(dict(stats.send_errors).items())  # copied: the loop writes it
+        yield SEND_ERRORS.samples(((me, reason), count) for reason, count in errors)
+        yield EVENT_LOOP_LAG.sample(stats.loop_lag_seconds, me)
 
     # -- sending ------------------------------------------------------------
 
@@ -151,30 +229,17 @@ class Prober:
         self._next = bisect_left([entry[0] for entry in schedule], position)
         self._schedule_dirty = False
 
-    async def _send_loop(self) -> None:
-        intended_wake = time.monotonic()
-        while not self._stopping:
-            now = time.monotonic()
-            self.stats.observe_lag(max(0.0, now - intended_wake), now)
-            self.stats.heartbeat = now
-            self._drain_all()
-            self._expire(now)
-            if self._schedule_dirty:
-                self._rebuild_schedule(now)
-            next_due = self._send_due(now)
-            intended_wake = min(max(next_due, now + MIN_TICK_SECONDS), now + MAX_TICK_SECONDS)
-            await asyncio.sleep(intended_wake - now)
-
     def _send_due(self, now: float) -> float:
         """Send every probe whose point in the cycle has passed; return when the next is due.
 
         The hot path: one iteration per probe, so everything is bound to locals.
         """
         interval = self.interval
-        if now - self._cycle_start > 2 * interval:
-            # Fell whole cycles behind (suspended): jump to the current cycle,
-            # counting what is skipped: the rest of this cycle and the cycles between.
-            behind = int((now - self._cycle_start) / interval)
+        behind = int((now - self._cycle_start - MAX_LATENESS_SECONDS) / interval)
+        if behind >= 1:
+            # Every probe left in this cycle, and in the next behind - 1, is more than
+            # MAX_LATENESS_SECONDS late (loop stalled, host suspended): skip them in one
+            # step, counted, instead of walking them one by one.
             count = len(self._schedule)
             self.stats.skipped_probes += count - self._next + (behind - 1) * count
             self._cycle_start += behind * interval
@@ -188,7 +253,7 @@ class Prober:
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
         slot_deadline, in_flight = self._slot_deadline, self._in_flight
-        time_ns = time.time_ns
+        time_ns = self.clock.time_ns
         try:
             while True:
                 if index >= count:

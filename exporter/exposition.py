@@ -16,29 +16,18 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .metric_table import (
+    EXTERNAL_LABELS,
+    EXTERNAL_PEER_FAMILIES,
+    NODE_LABELS,
+    NODE_PEER_FAMILIES,
+    Family,
+)
 from .peers import Peer, PeerKey, PeerKind, PeerTable
 
-NODE_LABELS = ("source_node", "destination_node", "destination_node_ip_address")
-EXTERNAL_LABELS = ("source_node", "destination_name", "destination_host")
-
-PREFIXES = ((PeerKind.NODE, "kube_node_ping"), (PeerKind.EXTERNAL, "external_ping"))
-# (suffix, type, help) of the per-peer families; the same for both prefixes.
-PEER_FAMILIES: tuple[tuple[str, str, str], ...] = (
-    ("packets_sent_total", "counter", "Echo requests resolved (answered or timed out)."),
-    ("packets_received_total", "counter", "Echo replies received within the timeout."),
-    ("rtt_milliseconds_total", "counter", "Sum of round-trip times of received replies, ms."),
-    (
-        "rtt_squared_milliseconds_total",
-        "counter",
-        "Sum of squared round-trip times, ms^2 (for mdev over any window).",
-    ),
-    ("rtt_min", "gauge", "Minimum RTT over the last --window probes, ms."),
-    ("rtt_max", "gauge", "Maximum RTT over the last --window probes, ms."),
-    (
-        "rtt_mdev",
-        "gauge",
-        "RTT mean deviation (as iputils ping) over the last --window probes, ms.",
-    ),
+PEER_FAMILIES: tuple[tuple[PeerKind, tuple[Family, ...]], ...] = (
+    (PeerKind.NODE, NODE_PEER_FAMILIES),
+    (PeerKind.EXTERNAL, EXTERNAL_PEER_FAMILIES),
 )
 
 
@@ -46,9 +35,11 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _header(name: str, kind: str, doc: str, openmetrics: bool) -> str:
-    family = name.removesuffix("_total") if openmetrics and kind == "counter" else name
-    return f"# HELP {family} {doc}\n# TYPE {family} {kind}\n"
+def _header(family: Family, openmetrics: bool) -> str:
+    name = family.name
+    if openmetrics and family.type == "counter":
+        name = name.removesuffix("_total")
+    return f"# HELP {name} {family.help}\n# TYPE {name} {family.type}\n"
 
 
 class PeerRenderer:
@@ -76,28 +67,25 @@ class PeerRenderer:
     def render(self, peers: list[Peer], openmetrics: bool) -> str:
         self._labels = {p.key: self._labels[p.key] for p in peers if p.key in self._labels}
         out: list[str] = []
-        for kind, prefix in (
-            (PeerKind.NODE, "kube_node_ping"),
-            (PeerKind.EXTERNAL, "external_ping"),
-        ):
-            lines: list[list[str]] = [[] for _ in PEER_FAMILIES]
-            sent, received, rtt_sum, rtt_sq, low, high, mdev = lines
+        for kind, families in PEER_FAMILIES:
+            sent, received, rtt_sum, rtt_sq, low, high, mdev = (f.name for f in families)
+            lines: list[list[str]] = [[] for _ in families]
             for peer in peers:
                 if peer.key.kind is not kind:
                     continue
                 labels = self._label_text(peer.key)
                 n_sent, n_received, total, squares = peer.stats.counters()
-                sent.append(f"{prefix}_packets_sent_total{labels} {n_sent}\n")
-                received.append(f"{prefix}_packets_received_total{labels} {n_received}\n")
-                rtt_sum.append(f"{prefix}_rtt_milliseconds_total{labels} {total!r}\n")
-                rtt_sq.append(f"{prefix}_rtt_squared_milliseconds_total{labels} {squares!r}\n")
+                lines[0].append(f"{sent}{labels} {n_sent}\n")
+                lines[1].append(f"{received}{labels} {n_received}\n")
+                lines[2].append(f"{rtt_sum}{labels} {total!r}\n")
+                lines[3].append(f"{rtt_sq}{labels} {squares!r}\n")
                 summary = peer.stats.window_summary()
                 if summary is not None:  # no reply in the window: absent, never 0
-                    low.append(f"{prefix}_rtt_min{labels} {summary[0]!r}\n")
-                    high.append(f"{prefix}_rtt_max{labels} {summary[1]!r}\n")
-                    mdev.append(f"{prefix}_rtt_mdev{labels} {summary[2]!r}\n")
-            for (suffix, metric_type, doc), samples in zip(PEER_FAMILIES, lines, strict=True):
-                out.append(_header(f"{prefix}_{suffix}", metric_type, doc, openmetrics))
+                    lines[4].append(f"{low}{labels} {summary[0]!r}\n")
+                    lines[5].append(f"{high}{labels} {summary[1]!r}\n")
+                    lines[6].append(f"{mdev}{labels} {summary[2]!r}\n")
+            for family, samples in zip(families, lines, strict=True):
+                out.append(_header(family, openmetrics))
                 out.extend(samples)
         return "".join(out)
 

@@ -1,16 +1,32 @@
 """Logging: plain ``key=value`` lines or one JSON object per line.
 
-Structured context goes in ``extra={...}``; both formats print it.
+Structured context goes in ``extra={...}``; both formats print it. Either way
+a record is exactly one line: values that come from outside (node names, file
+contents, error messages) can hold newlines or terminal escapes, which would
+forge or garble log lines, so plain lines escape every control character and
+JSON escapes them by itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``, ...)."""
+    return _CONTROL.sub(_escape, text).encode("utf-8", "backslashreplace").decode()
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
@@ -28,16 +44,18 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # ensure_ascii: a lone surrogate in a value cannot break the encoding of the line
+        return json.dumps(entry, default=str, ensure_ascii=True)
 
 
 class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        fields = "".join(f" {k}={v}" for k, v in _extras(record).items())
-        line = f"{stamp}Z {record.levelname.lower():7} {record.name}: {record.getMessage()}{fields}"
+        fields = "".join(f" {k}={one_line(str(v))}" for k, v in _extras(record).items())
+        message = one_line(record.getMessage())
+        line = f"{stamp}Z {record.levelname.lower():7} {record.name}: {message}{fields}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += " exception=" + one_line(self.formatException(record.exc_info))
         return line
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+from .metric_table import DISCOVERED_NODES, EXTERNAL_RTT, NODE_RTT, PEER_RTT, PEERS
 from .stats import Histogram, PeerStats
 
 log = logging.getLogger(__name__)
@@ -90,30 +93,57 @@ class PeerTable:
         return sum(1 for key in list(self._peers) if key.kind is kind)
 
     def replace(self, kind: PeerKind, keys: Iterable[PeerKey]) -> bool:
-        """Make the peers of ``kind`` exactly ``keys``. Returns True when anything changed."""
+        """Make the peers of ``kind`` exactly ``keys``. Returns True when anything changed.
+
+        All or nothing: the new table is built aside and swapped in one step, so an
+        error part-way leaves the table (and the prober's schedule) as they were.
+        """
         wanted = set(keys)
         current = {k for k in self._peers if k.kind is kind}
         removed = current - wanted
         added = wanted - current
-        for key in removed:
-            del self._peers[key]
+        if not removed and not added:
+            return False
+        peers = {k: p for k, p in self._peers.items() if k not in removed}
         for key in sorted(added):
-            self._peers[key] = Peer(
+            peers[key] = Peer(
                 key=key,
                 stats=PeerStats(self._window, self.histograms[key.kind], self._per_peer_histogram),
                 offset=stable_fraction(key.kind.value, key.name, key.address),
             )
-        if removed or added:
-            log.info(
-                "peers changed",
-                extra={
-                    "kind": kind.value,
-                    "added": len(added),
-                    "removed": len(removed),
-                    "total": len(self._peers),
-                },
-            )
-            if self._on_change is not None:
-                self._on_change()
-            return True
-        return False
+        self._peers = peers
+        log.info(
+            "peers changed",
+            extra={
+                "kind": kind.value,
+                "added": len(added),
+                "removed": len(removed),
+                "total": len(peers),
+            },
+        )
+        if self._on_change is not None:
+            self._on_change()
+        return True
+
+    def collect(self, node_name: str) -> Iterator[Metric]:
+        """The table's own families; the per-peer series are exposition.PeerRenderer's."""
+        me = node_name
+        if self._per_peer_histogram:
+            per_peer = PEER_RTT.empty()
+            for peer in self.snapshot():
+                key = peer.key
+                if key.kind is PeerKind.NODE and peer.stats.histogram is not None:
+                    _add_histogram(per_peer, [me, key.name, key.address], peer.stats.histogram)
+            yield per_peer
+        for family, kind in ((NODE_RTT, PeerKind.NODE), (EXTERNAL_RTT, PeerKind.EXTERNAL)):
+            aggregate = family.empty()
+            _add_histogram(aggregate, [me], self.histograms[kind])
+            yield aggregate
+        yield PEERS.samples(((me, kind.value), self.count(kind)) for kind in PeerKind)
+        yield DISCOVERED_NODES.sample(self.discovered_nodes, me)
+
+
+def _add_histogram(family: Metric, values: list[str], hist: Histogram) -> None:
+    assert isinstance(family, HistogramMetricFamily)
+    buckets, total = hist.cumulative()
+    family.add_metric(values, buckets, total)

@@ -5,6 +5,12 @@ to a hidden temporary file in the same directory (node-exporter reads only
 ``*.prom``), then ``rename`` replaces the old file in one step, so a reader sees
 the old file or the new one, never half of one. Only this node's own file is
 ever removed; the directory is shared with other exporters.
+
+The directory is shared and the agent may run as root (raw ICMP mode), so it is
+opened once and every file operation is relative to that descriptor; the
+temporary file gets a random name and is created with O_EXCL|O_NOFOLLOW (a link
+planted there is never followed), its mode is set through the descriptor, and
+rename and unlink never follow links either.
 """
 
 from __future__ import annotations
@@ -13,12 +19,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
+
+from prometheus_client.core import Metric
 
 from .config import ConfigError
 from .exposition import Render
+from .metric_table import TEXTFILE_WRITE_ERRORS
 
 log = logging.getLogger(__name__)
+
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+CREATE_ATTEMPTS = 8
+WRITE_FINISH_SECONDS = 1.0
 
 
 def check_directory(directory: Path) -> None:
@@ -34,50 +49,84 @@ def check_directory(directory: Path) -> None:
 
 
 class TextfileWriter:
-    def __init__(self, path: Path, render: Render) -> None:
+    """Rewrites the textfile every interval, and at once when the peers change."""
+
+    name = "textfile"
+
+    def __init__(self, path: Path, render: Render, interval: float, node_name: str) -> None:
         self.path = path
         self.render = render
+        self.interval = interval
+        self.node_name = node_name
         self.write_errors = 0
+        self._dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._changed = asyncio.Event()
-        self._stopping = False
+
+    def close(self) -> None:
+        os.close(self._dir_fd)
+
+    def _is_our_temporary(self, name: str) -> bool:
+        return name.startswith(f".{self.path.name}.") and name.endswith(".tmp")
 
     def remove_stale(self) -> None:
         """At start: drop this node's file and temporary files left by an earlier run
         (a killed agent can leave one behind); nothing else in the shared directory."""
-        self.path.unlink(missing_ok=True)
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path.name, dir_fd=self._dir_fd)
+        for name in os.listdir(self._dir_fd):
+            if self._is_our_temporary(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+
+    def _create_temporary(self) -> tuple[int, str]:
+        for _ in range(CREATE_ATTEMPTS):
+            name = f".{self.path.name}.{secrets.token_hex(8)}.tmp"
+            try:
+                return os.open(name, CREATE_FLAGS, 0o644, dir_fd=self._dir_fd), name
+            except FileExistsError:  # taken, or a link planted there: another name
+                continue
+        raise FileExistsError(f"no free temporary name in {self.path.parent}")
 
     def write(self) -> None:
         data, _ = self.render("")  # Prometheus text format
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd, name = self._create_temporary()
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # readable by node-exporter whatever the umask
                 f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
+            os.replace(name, self.path.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self._dir_fd)
             raise
 
     def request_write(self) -> None:
         """Write soon (peers changed: removed peers must vanish within one interval)."""
         self._changed.set()
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._changed.set()
-
-    async def run(self, interval: float) -> None:
-        """Rewrite every ``interval`` or on request, until stopped; the last write completes."""
-        while not self._stopping:
-            try:
-                await asyncio.to_thread(self.write)
-            except OSError as exc:
-                self.write_errors += 1
-                log.error(
-                    "textfile write failed", extra={"path": str(self.path), "problem": exc.strerror}
-                )
+    async def run(self) -> None:
+        """Rewrite every interval or on request, until cancelled."""
+        while True:
+            await self.write_once()
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), interval)
+                await asyncio.wait_for(self._changed.wait(), self.interval)
+
+    async def write_once(self) -> None:
+        write = asyncio.ensure_future(asyncio.to_thread(self.write))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # Stopping: let the write in progress finish, so the file left behind is
+            # the last complete state and the directory descriptor is still open.
+            await asyncio.wait([write], timeout=WRITE_FINISH_SECONDS)
+            raise
+        except OSError as exc:
+            self.write_errors += 1
+            log.error(
+                "textfile write failed",
+                extra={"path": str(self.path), "problem": exc.strerror or str(exc)},
+            )
+
+    def collect(self) -> Iterator[Metric]:
+        yield TEXTFILE_WRITE_ERRORS.sample(self.write_errors, self.node_name)

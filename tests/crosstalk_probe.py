@@ -20,16 +20,18 @@ from exporter.peers import PeerKey, PeerKind, PeerTable
 
 async def main(address: str) -> None:
     probers = []
+    sockets = []
     for payload in (16, 100):  # B's packets exceed the nftables length limit
         table = PeerTable(window=30, per_peer_histogram=False)
-        prober = Prober(table, {4: open_echo_socket(4, raw=True)}, 0.05, 0.3, payload, phase=0.0)
+        sockets.append(open_echo_socket(4, raw=True))
+        prober = Prober(table, {4: sockets[-1]}, 0.05, 0.3, payload, phase=0.0)
         table._on_change = prober.peers_changed
         table.replace(PeerKind.NODE, [PeerKey(PeerKind.NODE, "t", address)])
         probers.append(prober)
     a, b = probers
     # Same ICMP id and the same sequence numbers at the same moments: what two agents
     # with PID 1 get from icmplib. Only each process's random payload token differs.
-    b.sockets[4].ident = a.sockets[4].ident
+    sockets[1].ident = sockets[0].ident
     b._counter = a._counter
     tasks = [asyncio.create_task(p.run()) for p in probers]
     await asyncio.sleep(2.0)
@@ -40,7 +42,7 @@ async def main(address: str) -> None:
     print(
         json.dumps(
             {
-                "same_ident": a.sockets[4].ident == b.sockets[4].ident,
+                "same_ident": sockets[0].ident == sockets[1].ident,
                 "a_sent": sa.stats.sent,
                 "a_received": sa.stats.received,
                 "b_sent": sb.stats.sent,

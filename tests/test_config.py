@@ -106,7 +106,31 @@ def test_lists_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
             ["--interval", "0"],
             {},
             "invalid setting 'interval' (--interval / NODE_PING_INTERVAL): "
-            "Input should be greater than 0",
+            "Input should be greater than or equal to 0.02",
+        ),
+        # Defect 13: faster than the prober can pace.
+        (["--interval", "0.005"], {}, "greater than or equal to 0.02"),
+        # Defect 1: no infinite or NaN number anywhere.
+        (["--interval", "inf"], {}, "invalid setting 'interval'"),
+        ([], {"NODE_PING_INTERVAL": "Infinity"}, "invalid setting 'interval'"),
+        (["--timeout", "nan"], {}, "invalid setting 'timeout'"),
+        (["--resolve-interval", "inf"], {}, "invalid setting 'resolve_interval'"),
+        (["--textfile-interval=-inf"], {}, "invalid setting 'textfile_interval'"),
+        (["--peers-file-poll-interval", "inf"], {}, "invalid setting 'peers_file_poll_interval'"),
+        # Defect 10: node names become part of the textfile path.
+        (["--node-name", "../escape"], {}, "invalid setting 'node_name'"),
+        (["--node-name", "*"], {}, "is not a Kubernetes node name"),
+        ([], {"NODE_PING_NODE_NAME": "a/b"}, "invalid setting 'node_name'"),
+        (["--textfile-prefix", "../x"], {}, "invalid setting 'textfile_prefix'"),
+        (["--textfile-prefix", "*"], {}, "invalid setting 'textfile_prefix'"),
+        # Defect 14: a peer name cannot carry a newline into logs or labels.
+        (["--peer", "a\nb=127.0.0.1"], {}, "invalid setting 'peers' (item 1)"),
+        (["--external-target", "bad\x1bname=127.0.0.1"], {}, "must be printable"),
+        # Defect 11: two targets with one name would mislabel each other's data.
+        (
+            ["--external-target", "dns=127.0.0.1", "--external-target", "dns=127.0.0.2"],
+            {},
+            "two targets are named 'dns'",
         ),
         (["--interval", "x"], {}, "'interval'"),
         ([], {"NODE_PING_TIMEOUT": "-1"}, "invalid setting 'timeout'"),
@@ -143,10 +167,30 @@ def test_bad_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         ("interval: [\n", "is not valid YAML at line 2"),
         ("- a\n", "must hold a mapping"),
         ("intervall: 1\n", "unknown setting 'intervall' in the config file"),
+        # Defect 1: YAML's infinity.
+        ("interval: .inf\n", "invalid setting 'interval'"),
+        ("timeout: .nan\n", "invalid setting 'timeout'"),
+        # Defect 9: a scalar where a list is expected, and loose coercions.
+        ("peers: 5\n", "invalid setting 'peers' (--peer / NODE_PING_PEERS): must be a list"),
+        ("external_targets: 5\n", "invalid setting 'external_targets'"),
+        ("address_types: true\n", "invalid setting 'address_types'"),
+        ("window: true\n", "invalid setting 'window' (--window / NODE_PING_WINDOW): must be a"),
+        ("interval: false\n", "invalid setting 'interval'"),
+        ("ping_self: 1\n", "invalid setting 'ping_self'"),
+        ("node_name: 5\n", "invalid setting 'node_name'"),
+        ("peers: [{name: a, address: 5}]\n", "invalid setting 'peers' (item 1)"),
+        ("external_targets: [{host: 127.0.0.1, name: 7}]\n", "invalid setting 'external_targets'"),
+        (
+            "external_targets: [{host: 127.0.0.1, name: x}, {host: 127.0.0.2, name: x}]\n",
+            "two targets are named 'x'",
+        ),
+        ("peers: [[1, 2]]\n", "invalid setting 'peers' (item 1)"),
     ):
         path.write_text(content)
-        with pytest.raises(ConfigError, match=expected):
+        with pytest.raises(ConfigError) as error:
             settings(["--config", str(path)], monkeypatch=monkeypatch)
+        assert expected in str(error.value), content
+        assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="cannot read"):
         settings(["--config", str(tmp_path / "missing.yaml")], monkeypatch=monkeypatch)
 

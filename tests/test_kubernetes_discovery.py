@@ -31,6 +31,9 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+RUNNING: list[asyncio.Task[None]] = []  # ended by asyncio.run() at the end of each test
+
+
 def start_discovery(
     fake: FakeApiServer, tmp_path: Path, selector: str = "", types: list[str] | None = None
 ) -> tuple[PeerTable, DiscoveryState, KubernetesDiscovery]:
@@ -43,7 +46,7 @@ def start_discovery(
         selector,
         fake.kubeconfig(tmp_path / "kubeconfig"),
     )
-    discovery.start(asyncio.get_running_loop())
+    RUNNING.append(asyncio.get_running_loop().create_task(discovery.run()))
     return table, state, discovery
 
 

@@ -1,8 +1,10 @@
-"""Pacing: each peer once per interval, sends spread over the interval, no bursts.
+"""Pacing with real packets: each peer once per interval, in a stable order.
 
 A real Prober with a real ICMP socket probing loopback addresses (127.0.0.0/8,
 answered by this host's kernel); each send time is recorded on its way to the
-real sendto.
+real sendto. The exact timing (spread, stalls, the shortest interval) is
+checked on a scripted clock in test_prober_scripted.py; here the bounds are
+loose on purpose, so a loaded machine cannot fail them.
 """
 
 from __future__ import annotations
@@ -54,11 +56,9 @@ def make_prober(interval: float, phase: float) -> tuple[Prober, list[tuple[float
     return prober, sends
 
 
-async def run_for(prober: Prober, seconds: float, stall: float = 0.0) -> None:
+async def run_for(prober: Prober, seconds: float) -> None:
     task = asyncio.create_task(prober.run())
-    await asyncio.sleep(seconds / 2)
-    time.sleep(stall)  # the loop is blocked: a GC pause, a suspended VM
-    await asyncio.sleep(seconds / 2)
+    await asyncio.sleep(seconds)
     prober.stop()
     await task
 
@@ -74,14 +74,8 @@ def test_every_peer_once_per_interval_spread_evenly() -> None:
     for times in per_peer.values():
         assert 3 <= len(times) <= 5
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(abs(gap - interval) < 0.1 for gap in gaps), gaps  # a tick plus CI jitter
-    # 200 peers over 0.5 s = 4 sends per 10 ms tick; a burst would be all 200 at once.
-    start, end = sends[0][0], sends[-1][0]
-    windows: dict[int, int] = defaultdict(int)
-    for at, _ in sends:
-        windows[int((at - start) / 0.05)] += 1
-    full = [windows[w] for w in range(1, int((end - start) / 0.05) - 1)]
-    assert max(full) <= 40 and min(full) >= 5, full  # 20 expected in each 50 ms
+        assert all(0.25 < gap < 0.75 for gap in gaps), gaps  # once per interval, not bursts
+    assert prober.stats.probes_resolved > 0  # the kernel answered through the real socket
 
 
 def test_offsets_are_stable_and_the_phase_shifts_them() -> None:
@@ -96,13 +90,3 @@ def test_offsets_are_stable_and_the_phase_shifts_them() -> None:
     assert order_b[pivot:] + order_b[:pivot] == order_a
     # ...but starting at a different point of it: the phase differs per process.
     assert order_a[0] != order_b[0]
-
-
-def test_no_catch_up_burst_after_a_stall() -> None:
-    interval = 0.5
-    prober, sends = make_prober(interval, phase=0.0)
-    asyncio.run(run_for(prober, 2.0, stall=1.5))  # blocked for three intervals
-    times = [at for at, _ in sends]
-    worst = max(sum(1 for t in times if s <= t < s + 0.02) for s in times)
-    assert worst <= 40  # the usual 10 ms batch of 4, with slack; a catch-up would be hundreds
-    assert prober.stats.skipped_probes >= 400  # the stalled 1.5 s were skipped, not sent late

@@ -69,6 +69,20 @@ app.kubernetes.io/part-of: node-ping-exporter
 {{- if and (include "npe.textfile" .) (not (include "npe.rawCapable" .)) .Values.textfile.setPermissions }}true{{ end }}
 {{- end }}
 
+{{/*
+The textfile host directory, or a clear failure. values.schema.json (textfile.hostPath)
+holds the rule, with the same two expressions; this second guard catches installs that
+skip the schema (--skip-schema-validation), since the textfile-permissions init container
+chgrps and chmods the directory at every pod start.
+*/}}
+{{- define "npe.textfileHostPath" -}}
+{{- $path := toString .Values.textfile.hostPath }}
+{{- if or (not (regexMatch `^(/[A-Za-z0-9._+@-]+){2,}$` $path)) (regexMatch `(^|/)\.\.?(/|$)|^/(etc|proc|sys|dev|boot|usr|bin|sbin|lib[^/]*|root|var/lib/(kubelet|containerd|containers|docker|etcd|cni)|opt/cni)(/|$)|^/(var|home|opt|srv|mnt|media)/[^/]+$` $path) }}
+{{- fail (printf "textfile.hostPath %q is not a dedicated directory: it must be absolute and normalised (no //, . or .., no trailing /), have at least two components, and not be in /etc, /proc, /sys, /dev, /boot, /usr, /bin, /sbin, /lib*, /root, kubelet, container runtime, etcd or CNI state, nor be a direct child of /var, /home, /opt, /srv, /mnt or /media (see the chart README)" $path) }}
+{{- end }}
+{{- $path }}
+{{- end }}
+
 {{/* Does the pod run as root with NET_RAW (raw and auto modes)? */}}
 {{- define "npe.rawCapable" -}}
 {{- if has .Values.icmp.mode (list "raw" "auto") }}true{{ end }}
@@ -91,6 +105,20 @@ job = node-ping-exporter, and the per-pod target labels dropped.
   regex: (pod|container|endpoint|service)
 {{- end }}
 
+{{/* The external targets, as JSON. The agent needs each one's name (its host when
+    empty) to differ: no JSON Schema keyword can say so, so this does. */}}
+{{- define "npe.externalTargets" -}}
+{{- $seen := dict }}
+{{- range .Values.externalTargets }}
+{{- $name := toString (default .host .name) }}
+{{- if hasKey $seen $name }}
+{{- fail (printf "externalTargets: two targets are named %q (a target without a name is named after its host): give each its own name" $name) }}
+{{- end }}
+{{- $_ := set $seen $name true }}
+{{- end }}
+{{- toJson .Values.externalTargets }}
+{{- end }}
+
 {{/* The agent's config file. Pods restart when it changes (checksum annotation);
     a peers change in file mode does not restart them: the agent re-reads the file. */}}
 {{- define "npe.config" -}}
@@ -107,7 +135,7 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
-external_targets: {{ toJson .Values.externalTargets }}
+external_targets: {{ include "npe.externalTargets" . }}
 resolve_interval: {{ .Values.externalTargetsResolveInterval }}
 icmp_mode: {{ .Values.icmp.mode }}
 output: {{ .Values.output }}

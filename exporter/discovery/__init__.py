@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from prometheus_client.core import Metric
+
+from ..metric_table import DISCOVERY_ERRORS, DISCOVERY_LAST_SUCCESS, DISCOVERY_UP
 from ..peers import NodeAddress, PeerKey, PeerKind, PeerTable
 from ..sampling import choose_peers
 
@@ -22,8 +25,9 @@ log = logging.getLogger(__name__)
 class DiscoveryState:
     """Health of one discovery source. Written on the asyncio loop only."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, node_name: str = "") -> None:
         self.source = source
+        self.node_name = node_name
         self.up = False
         self.synced_once = False
         self.last_success = 0.0  # unix time of the last good list/read
@@ -41,6 +45,12 @@ class DiscoveryState:
             "discovery failing, keeping the last known peers",
             extra={"source": self.source, "problem": problem},
         )
+
+    def collect(self) -> Iterator[Metric]:
+        labels = (self.node_name, self.source)
+        yield DISCOVERY_UP.sample(1 if self.up else 0, *labels)
+        yield DISCOVERY_LAST_SUCCESS.sample(self.last_success, *labels)
+        yield DISCOVERY_ERRORS.sample(self.errors, *labels)
 
 
 class NodeSink:

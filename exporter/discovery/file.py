@@ -3,18 +3,24 @@
 A ConfigMap volume updates by swapping a symlink, so the file is re-read by
 polling its content, not by inotify on the path. A malformed file at start is a
 configuration error; a malformed file later is logged and counted, and the last
-good peer list stays in force.
+good peer list stays exactly in force — whatever is wrong with it (bad JSON,
+nesting deep enough to exhaust the parser, names that are not node names).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..config import ConfigError, normalise_ip
+from prometheus_client.core import Metric
+
+from ..config import ConfigError, check_node_name, normalise_ip
 from ..peers import NodeAddress
 from . import DiscoveryState, NodeSink
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # ~100,000 nodes; larger is a mistake, not a cluster
 
 
 class PeersFileError(ValueError):
@@ -24,8 +30,9 @@ class PeersFileError(ValueError):
 def parse_peers(text: bytes, path: Path) -> list[NodeAddress]:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PeersFileError(f"{path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise PeersFileError(f"{path} is not valid JSON: {problem}") from None
     if not isinstance(data, list):
         raise PeersFileError(f"{path} must hold a JSON list of {{name, ipAddress}} objects")
     nodes: list[NodeAddress] = []
@@ -36,7 +43,11 @@ def parse_peers(text: bytes, path: Path) -> list[NodeAddress]:
         if not isinstance(name, str) or not name:
             raise PeersFileError(f"{path} entry {index} has no 'name'")
         if not isinstance(address, str):
-            raise PeersFileError(f"{path} entry {index} ({name}) has no 'ipAddress'")
+            raise PeersFileError(f"{path} entry {index} has no 'ipAddress'")
+        try:
+            check_node_name(name)
+        except ValueError as exc:
+            raise PeersFileError(f"{path} entry {index}: {exc}") from None
         try:
             nodes.append(NodeAddress(name, (normalise_ip(address),)))
         except ValueError as exc:
@@ -44,11 +55,19 @@ def parse_peers(text: bytes, path: Path) -> list[NodeAddress]:
     return nodes
 
 
-def read_peers_file(path: Path) -> tuple[bytes, list[NodeAddress]]:
+def read_bytes(path: Path) -> bytes:
     try:
-        text = path.read_bytes()
+        with path.open("rb") as f:
+            text = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise PeersFileError(f"cannot read {path}: {exc.strerror}") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise PeersFileError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    return text
+
+
+def read_peers_file(path: Path) -> tuple[bytes, list[NodeAddress]]:
+    text = read_bytes(path)
     return text, parse_peers(text, path)
 
 
@@ -60,29 +79,58 @@ def load_initial(path: Path) -> tuple[bytes, list[NodeAddress]]:
         raise ConfigError(f"invalid setting 'peers_file' (--peers-file): {exc}") from None
 
 
-async def watch_peers_file(
-    path: Path, poll_seconds: float, initial: bytes, sink: NodeSink, state: DiscoveryState
-) -> None:
-    """Re-read the file whenever its content changes; never raises.
+class PeersFileDiscovery:
+    """Polls the peers file; every good new content replaces the peer list."""
 
-    A failure is logged and counted once per episode (until the file is good
-    again); meanwhile the last good peer list stays in force.
-    """
-    last_good = initial
-    while True:
-        await asyncio.sleep(poll_seconds)
-        try:
-            text = await asyncio.to_thread(path.read_bytes)
-            nodes = None if text == last_good else parse_peers(text, path)
-        except OSError as exc:
-            if state.up:
-                state.failed(f"cannot read {path}: {exc.strerror}")
-            continue
-        except PeersFileError as exc:
-            if state.up:
-                state.failed(str(exc))
-            continue
-        if nodes is not None:
-            sink.update(nodes)
-            last_good = text
+    name = "discovery-file"
+
+    def __init__(
+        self,
+        path: Path,
+        poll_seconds: float,
+        sink: NodeSink,
+        state: DiscoveryState,
+        initial: tuple[bytes, list[NodeAddress]],
+    ) -> None:
+        self.path = path
+        self.poll_seconds = poll_seconds
+        self.sink = sink
+        self.state = state
+        # Kept on the object, not in run(): a restarted run() goes on from the last
+        # good content, never from the start-up file.
+        self.last_good, nodes = initial
+        sink.update(nodes)
         state.succeeded()
+
+    def check(self, text: bytes | None, problem: str = "") -> None:
+        """Apply one read of the file (None: it could not be read, ``problem`` says why).
+
+        A failure is logged and counted once per episode (until the file is good
+        again); meanwhile the last good peer list stays in force.
+        """
+        if text is not None and text != self.last_good:
+            try:
+                nodes = parse_peers(text, self.path)
+            except PeersFileError as exc:
+                text, problem = None, str(exc)
+            else:
+                self.sink.update(nodes)
+                self.last_good = text
+        if text is None:
+            if self.state.up:
+                self.state.failed(problem)
+            return
+        self.state.succeeded()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                text = await asyncio.to_thread(read_bytes, self.path)
+            except PeersFileError as exc:
+                self.check(None, str(exc))
+                continue
+            self.check(text)
+
+    def collect(self) -> Iterator[Metric]:
+        return self.state.collect()

@@ -1,8 +1,9 @@
 """Kubernetes discovery: list + watch Node objects.
 
-The kubernetes client is blocking, so list/watch runs in a worker thread and
-hands every change to the asyncio loop as a complete node snapshot
-(``loop.call_soon_threadsafe``). Any error resumes the watch from the last
+The kubernetes client is blocking, so list/watch runs in a thread of its own
+(started by ``run()``, ended by cancelling it: the open watch is closed so
+the thread stops at once) and hands every change to the asyncio loop as a
+complete node snapshot (``loop.call_soon_threadsafe``). Any error resumes the watch from the last
 resource version after a capped exponential backoff; ``410 Gone`` (that
 version was compacted away) relists at once.
 Until then the peer table keeps the last known peers, so probing goes on while
@@ -12,17 +13,22 @@ the API server is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import Metric
+
 from ..config import ConfigError, normalise_ip
 from ..peers import NodeAddress
+from ..supervisor import in_thread
 from . import DiscoveryState, NodeSink
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,8 @@ class ResourceExpired(Exception):
 
 
 class KubernetesDiscovery:
+    name = "discovery-kubernetes"
+
     def __init__(
         self,
         sink: NodeSink,
@@ -67,21 +75,34 @@ class KubernetesDiscovery:
         address_types: list[str],
         label_selector: str,
         kubeconfig: Path | None,
+        api: Any = None,
     ) -> None:
         self.sink = sink
         self.state = state
         self.address_types = address_types
         self.label_selector = label_selector or None
-        self._api = _core_api(kubeconfig)
+        self._api = api if api is not None else core_api(kubeconfig)
         self._stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        threading.Thread(target=self._run, name="kubernetes-discovery", daemon=True).start()
+        self._response: Any = None  # the open watch, closed by stop()
 
     def stop(self) -> None:
         self._stopped.set()
+        response = self._response
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            # Unblocks the thread's read; close() would wait for the reader's lock.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    async def run(self) -> None:
+        """List and watch in a thread of its own until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped.clear()
+        await in_thread("kubernetes-discovery", self._run, self.stop)
+
+    def collect(self) -> Iterator[Metric]:
+        return self.state.collect()
 
     # -- worker thread --------------------------------------------------------
 
@@ -114,6 +135,8 @@ class KubernetesDiscovery:
                 version = self._watch(nodes, version)
                 backoff = BACKOFF_FIRST
             except Exception as exc:  # any API or network error: back off, retry
+                if self._stopped.is_set():
+                    break  # stop() closed the watch under us
                 if isinstance(exc, ResourceExpired) or getattr(exc, "status", None) == 410:
                     log.info("node watch expired (410 Gone), relisting")
                     nodes = None
@@ -144,6 +167,7 @@ class KubernetesDiscovery:
             _request_timeout=(10, WATCH_SECONDS + 30),
         )
         self._to_loop(self.state.succeeded)  # the API server answers again
+        self._response = response
         try:
             for line in iter_resp_lines(response):
                 if self._stopped.is_set():
@@ -171,6 +195,7 @@ class KubernetesDiscovery:
                 else:
                     self._to_loop(self.state.succeeded)
         finally:
+            self._response = None
             response.release_conn()
         return version
 
@@ -183,7 +208,7 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _core_api(kubeconfig: Path | None) -> Any:
+def core_api(kubeconfig: Path | None) -> Any:
     """A CoreV1Api from the in-cluster service account or a kubeconfig."""
     from kubernetes import client, config
 

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
 from ..config import StaticPeer
 from ..peers import NodeAddress
 from . import DiscoveryState, NodeSink
 
 
-def apply_static_peers(peers: list[StaticPeer], sink: NodeSink, state: DiscoveryState) -> None:
-    sink.update(NodeAddress(p.name, (p.address,)) for p in peers)
-    state.succeeded()
+class StaticDiscovery:
+    name = "discovery-static"
+
+    def __init__(self, peers: list[StaticPeer], sink: NodeSink, state: DiscoveryState) -> None:
+        self.state = state
+        sink.update(NodeAddress(p.name, (p.address,)) for p in peers)
+        state.succeeded()
+
+    async def run(self) -> None:
+        """Nothing changes: wait to be stopped."""
+        await asyncio.Event().wait()
+
+    def collect(self) -> Iterator[Metric]:
+        return self.state.collect()

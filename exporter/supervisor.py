@@ -1,0 +1,145 @@
+"""One shape for every running part of the agent, and the task group that runs them.
+
+A component (each discovery source, the prober, the external-target resolver,
+the textfile writer, the HTTP server) has a ``name``, an async ``run()`` that
+works until it is cancelled, and ``collect()``, the metric families it owns.
+The :class:`Supervisor` starts each one as a task. A component whose ``run()``
+raises or returns is never silently gone: the failure is logged and counted,
+and the component is restarted after a capped, doubling backoff — or, for a
+component marked critical, the agent ends with one line saying why. Stopping
+cancels every task and waits a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client.core import Metric
+
+from .metric_table import COMPONENT_RESTARTS, EXCEPTIONS
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+# A component that ran this long before failing starts its backoff afresh.
+HEALTHY_RUN_SECONDS = 60.0
+
+
+class AgentFailed(Exception):
+    """A critical component failed; the message is the one line printed (exit 1)."""
+
+
+class Component(Protocol):
+    name: str
+
+    async def run(self) -> None: ...
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        node_name: str,
+        backoff_first: float = BACKOFF_FIRST_SECONDS,
+        backoff_max: float = BACKOFF_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_name = node_name
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self.clock = clock
+        self.components: list[Component] = []
+        self.restarts: dict[str, int] = {}
+        self.exceptions = 0  # also unexpected errors the event loop reports
+        self.fatal: str | None = None  # why a critical component ended the agent
+        self.ended = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, component: Component, critical: bool = False) -> None:
+        self.components.append(component)
+        self.restarts[component.name] = 0
+        task = asyncio.create_task(self._supervise(component, critical), name=component.name)
+        self._tasks.append(task)
+
+    async def _supervise(self, component: Component, critical: bool) -> None:
+        backoff = self.backoff_first
+        while True:
+            started = self.clock()
+            try:
+                await component.run()
+                problem = "stopped by itself"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.exceptions += 1
+                problem = f"{type(exc).__name__}: {exc}"
+                log.debug("component failure", exc_info=True)
+            if critical:
+                self.fatal = f"{component.name} failed: {problem}"
+                log.error(
+                    "component failed, stopping the agent",
+                    extra={"component": component.name, "problem": problem},
+                )
+                self.ended.set()
+                return
+            if self.clock() - started >= HEALTHY_RUN_SECONDS:
+                backoff = self.backoff_first
+            self.restarts[component.name] += 1
+            log.error(
+                "component failed, restarting",
+                extra={"component": component.name, "problem": problem, "backoff": backoff},
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max)
+
+    async def stop(self, timeout: float) -> bool:
+        """Cancel every component; True when all ended within ``timeout`` seconds."""
+        for task in self._tasks:
+            task.cancel()
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in pending:
+            log.error("component did not stop in time", extra={"component": task.get_name()})
+        return not pending
+
+    def collect(self) -> Iterator[Metric]:
+        me = self.node_name
+        yield EXCEPTIONS.sample(self.exceptions, me)
+        yield COMPONENT_RESTARTS.samples(((me, n), c) for n, c in sorted(self.restarts.items()))
+        for component in list(self.components):
+            yield from component.collect()
+
+
+async def in_thread(name: str, target: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Run a blocking loop in a thread of its own (not the loop's shared pool) until it
+    returns or raises; cancelling the caller runs ``stop``, which must make it return."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def report(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(error) if error else done.set_result(None)
+
+    def main() -> None:
+        error: BaseException | None = None
+        try:
+            target()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(report, error)
+
+    threading.Thread(target=main, name=name, daemon=True).start()
+    try:
+        await done
+    finally:
+        await asyncio.to_thread(stop)

@@ -1,0 +1,101 @@
+"""A scripted clock and network for the prober (exporter.engine's seams).
+
+Fakes, on purpose: pacing, timeouts and the exposition they produce are checked
+to the nanosecond here, which the kernel and the wall clock cannot give on a
+loaded machine. What only the kernel can show (real sockets, ICMP ids, kernel
+timestamps, nftables loss) stays in test_pacing.py, test_agent_netns.py and
+test_timing.py, with real packets.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from exporter.engine import Prober
+from exporter.icmp import EchoReply, RequestBuilder
+
+EPOCH_NS = 1_800_000_000 * 10**9  # CLOCK_REALTIME at monotonic 0
+_PACKET = struct.Struct("!H8sQ")
+
+# (address, send time in s) -> RTT in seconds, or None for a lost probe
+Responder = Callable[[str, float], float | None]
+
+
+class ScriptedClock:
+    """Monotonic seconds that move only when the test (or the prober's sleep) moves them."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return EPOCH_NS + round(self.now * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+class ScriptedSocket:
+    """Records every send; answers after the RTT its responder gives (or never)."""
+
+    def __init__(
+        self, clock: ScriptedClock, respond: Responder, unreachable: frozenset[str] = frozenset()
+    ) -> None:
+        self.clock = clock
+        self.respond = respond
+        self.unreachable = unreachable  # sendto fails with ENETUNREACH, as without a route
+        self.sent: list[tuple[float, str, int]] = []  # (time, address, probe counter)
+        self._arrivals: list[tuple[int, int, EchoReply]] = []  # heap of (ns, order, reply)
+
+    def sockaddr(self, address: str) -> tuple[Any, ...]:
+        return (address, 0)
+
+    def request_builder(self, token: bytes, payload_size: int) -> RequestBuilder:
+        return lambda sequence, counter: _PACKET.pack(sequence, token, counter)
+
+    @property
+    def sendto(self) -> Callable[[bytes, tuple[Any, ...]], int]:
+        return self._sendto
+
+    def _sendto(self, packet: bytes, sockaddr: tuple[Any, ...]) -> int:
+        sequence, token, counter = _PACKET.unpack(packet)
+        address, now = sockaddr[0], self.clock.now
+        if address in self.unreachable:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        self.sent.append((now, address, counter))
+        rtt = self.respond(address, now)
+        if rtt is not None:
+            arrival = self.clock.time_ns() + round(rtt * 1e9)
+            reply = (address, sequence, token, counter, arrival)
+            heapq.heappush(self._arrivals, (arrival, len(self.sent), reply))
+        return len(packet)
+
+    def drain(self, limit: int = 4096) -> list[EchoReply]:
+        due: list[EchoReply] = []
+        now_ns = self.clock.time_ns()
+        while self._arrivals and self._arrivals[0][0] <= now_ns and len(due) < limit:
+            due.append(heapq.heappop(self._arrivals)[2])
+        return due
+
+
+def drive(
+    prober: Prober,
+    clock: ScriptedClock,
+    seconds: float,
+    lateness: Callable[[int], float] = lambda _: 0.0,
+) -> None:
+    """Run the prober's rounds for ``seconds`` of scripted time; round i wakes
+    ``lateness(i)`` seconds after it asked to (a busy or stalled event loop)."""
+    end = clock.now + seconds
+    round_number = 0
+    while clock.now < end:
+        wake = prober.tick(clock.now)
+        prober.stats.observe_lag(0.0, clock.now)
+        clock.now = max(wake, clock.now) + lateness(round_number)
+        round_number += 1

@@ -1,0 +1,100 @@
+"""The prober on a scripted clock and network (tests/scripted.py): pacing, stalls,
+the shortest interval and timeouts, checked exactly instead of against the wall
+clock. The same behaviour with real packets: test_pacing.py."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+
+from exporter.engine import MAX_LATENESS_SECONDS, MIN_TICK_SECONDS, Prober
+from exporter.peers import PeerKey, PeerKind, PeerTable
+
+from .scripted import Responder, ScriptedClock, ScriptedSocket, drive
+
+TOKEN = b"T" * 8
+
+
+def setup(
+    addresses: list[str], interval: float, timeout: float = 0.3, respond: Responder | None = None
+) -> tuple[Prober, ScriptedClock, ScriptedSocket, PeerTable]:
+    clock = ScriptedClock()
+    sock = ScriptedSocket(clock, respond or (lambda address, at: 0.001))
+    table = PeerTable(window=10, per_peer_histogram=False)
+    prober = Prober(
+        table, {4: sock}, interval, timeout, 56, phase=0.0, clock=clock, node_name="me", token=TOKEN
+    )
+    table._on_change = prober.peers_changed
+    table.replace(
+        PeerKind.NODE, [PeerKey(PeerKind.NODE, f"n{i}", a) for i, a in enumerate(addresses)]
+    )
+    return prober, clock, sock, table
+
+
+PEERS = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(200)]
+
+
+def test_every_peer_once_per_interval_at_a_fixed_offset() -> None:
+    prober, clock, sock, _ = setup(PEERS, interval=0.5)
+    drive(prober, clock, 2.0)
+    per_peer: dict[str, list[float]] = defaultdict(list)
+    for at, address, _ in sock.sent:
+        per_peer[address].append(at)
+    assert set(per_peer) == set(PEERS)
+    for times in per_peer.values():
+        assert len(times) == 4
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # A send waits for the next round at most one tick.
+        assert all(abs(gap - 0.5) <= MIN_TICK_SECONDS + 1e-9 for gap in gaps), gaps
+    # Spread, not bursts: 200 peers over 0.5 s is 4 per 10 ms round on average (offsets
+    # are hashes of the peers, so some rounds get a few more), never all 200 at once.
+    per_round = Counter(round(at, 6) for at, _, _ in sock.sent)
+    assert max(per_round.values()) <= 12
+    assert prober.stats.skipped_probes == 0
+
+
+def test_a_stall_skips_what_it_missed_and_bursts_nothing() -> None:
+    prober, clock, sock, _ = setup(PEERS, interval=0.5)
+    stall = 1.5
+    drive(prober, clock, 3.0, lateness=lambda i: stall if i == 50 else 0.0)
+    times = [at for at, _, _ in sock.sent]
+    worst = max(Counter(times).values())
+    # After the stall only probes at most MAX_LATENESS_SECONDS late go out: 400/s * 0.1 s.
+    assert worst <= 400 * MAX_LATENESS_SECONDS + 1
+    # Everything else that fell due in the stall was skipped, counted, never sent late.
+    assert 400 * (stall - MAX_LATENESS_SECONDS) - 5 <= prober.stats.skipped_probes
+    assert prober.stats.skipped_probes <= 400 * stall + 5
+    sent_plus_skipped = len(sock.sent) + prober.stats.skipped_probes
+    assert abs(sent_plus_skipped - 400 * 3.0) <= 200  # one cycle's worth of rounding
+
+
+def test_the_shortest_interval_is_honoured_on_a_busy_loop() -> None:
+    """Defect 13: 20 ms is the shortest interval the settings accept; with every
+    round waking 8 ms late, every probe still goes out and none is skipped."""
+    for peers in (PEERS[:1], PEERS[:10], PEERS[:50]):
+        prober, clock, sock, _ = setup(peers, interval=0.02, timeout=0.01)
+        drive(prober, clock, 2.0, lateness=lambda i: 0.008)
+        assert prober.stats.skipped_probes == 0
+        per_peer = Counter(address for _, address, _ in sock.sent)
+        assert all(99 <= per_peer[a] <= 101 for a in peers), per_peer  # 2 s / 20 ms
+
+
+def test_replies_after_the_timeout_are_lost_and_counted_late() -> None:
+    rtts = {"198.18.0.1": 0.002, "198.18.0.2": 0.2, "198.18.0.3": None}
+    prober, clock, sock, table = setup(
+        list(rtts), interval=0.1, timeout=0.1, respond=lambda a, at: rtts[a]
+    )
+    drive(prober, clock, 1.0)
+    drive(prober, clock, 0.5)  # every probe of the first second resolved
+    prober.tick(clock.now)  # take what arrived since the last round
+    stats = {p.key.address: p.stats for p in table.snapshot()}
+    fast, slow, dead = (stats[a] for a in rtts)
+    assert fast.sent >= 10 and fast.received == fast.sent
+    assert fast.rtt_ms_sum == fast.received * 2.0  # exact: kernel-stamp arithmetic
+    assert slow.received == 0 and slow.sent >= 10
+    assert dead.received == 0 and dead.sent >= 10
+    # Each slow reply that has arrived by now came too late.
+    arrived = sum(1 for at, a, _ in sock.sent if a == "198.18.0.2" and at + 0.2 <= clock.now)
+    assert prober.stats.late_replies == arrived
+    assert fast.window_summary() == (2.0, 2.0, 0.0)
+    assert slow.window_summary() is None  # no reply in the window: no min/max/mdev
