@@ -3,33 +3,260 @@
 Served from a thread so that a slow scrape never delays the prober's sends.
 ``/metrics`` negotiates Prometheus text or OpenMetrics from the Accept header
 (exposition.Exposition).
+
+A thread per connection is simple, but every connection then costs a thread, so
+both are bounded: each connection has ``timeout`` seconds to deliver a complete
+request header (also between keep-alive requests), and at most
+``max_connections`` are served at once (``_Server.process_request`` says what
+happens beyond). Errors are logged one line each, rate-limited: a client can
+cause any number of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import logging
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
 from .exposition import Render
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
+Address = tuple[Any, ...]
 
+DEFAULT_TIMEOUT = 10.0  # seconds for a request header to arrive, and for each write
+DEFAULT_MAX_CONNECTIONS = 64
+STOP_WAIT = 1.0  # seconds for an evicted connection's thread to end (it takes µs)
+LOG_EVERY = 10.0  # seconds: at most one line per kind of error in this time
+
+TEXT = "text/plain; charset=utf-8"
 INDEX = b"""<html><head><title>node-ping-exporter</title></head><body>
 <h1>node-ping-exporter</h1>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a>
 &middot; <a href="/readyz">/readyz</a></p></body></html>
 """
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+# Control characters (a newline above all) escaped, as http.server does for its log.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {ord("\\"): "\\\\"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a log entry stays one line whatever a
+    client sent."""
+    return text.translate(_ESCAPES)
+
+
+def _client(address: Address) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class _Throttle:
+    """Logs at most one line per kind of event per ``every`` seconds, the next one
+    with how many were left out in between: a client decides how many errors there
+    are, so it must not decide how much is logged."""
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY) -> None:
+        self.logger = logger
+        self.every = every
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (logged at, left out since)
+
+    def log(self, level: int, kind: str, msg: str, **fields: object) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        with self._lock:
+            logged_at, left_out = self._last.get(kind, (-self.every, 0))
+            if now - logged_at < self.every:
+                self._last[kind] = (logged_at, left_out + 1)
+                return
+            self._last[kind] = (now, 0)
+        extra: dict[str, object] = {k: one_line(str(v)) for k, v in fields.items()}
+        if left_out:
+            extra["suppressed"] = left_out
+        self.logger.log(level, msg, extra=extra)
+
+
+class _Reader(io.RawIOBase):
+    """Reads the socket, giving up at ``deadline`` when one is set.
+
+    A socket timeout bounds each ``recv`` only: a client trickling a byte a second
+    would hold its connection, and thread, for ever. The deadline bounds the sum."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if self.deadline is None:
+            return self.sock.recv_into(buffer)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete request header in time")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout)  # for writes: the whole timeout
+
+
+@dataclass
+class _Slot:
+    since: float  # when it began to wait for its current request
+    waiting: bool = True  # for a complete request header
+    stopped: bool = False  # evicted: its thread is ending
+
+    @property
+    def evictable(self) -> bool:
+        return self.waiting and not self.stopped
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 64
+    request_queue_size = 512
+
+    def __init__(
+        self,
+        address: Address,
+        render: Render,
+        healthy: Check,
+        ready: Check,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        if timeout <= 0 or max_connections < 1:
+            raise ValueError("timeout must be > 0 and max_connections >= 1")
+        self.render = render
+        self.healthy = healthy
+        self.ready = ready
+        self.connection_timeout = timeout  # not ``timeout``: BaseServer has its own
+        self.max_connections = max_connections
+        self.errors = _Throttle(log)
+        self._room = threading.Condition()  # guards _slots; notified when one is freed
+        self._slots: dict[socket.socket, _Slot] = {}
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Address) -> None:
+        """Admit the connection to a thread, within ``max_connections``.
+
+        At the cap, the connection that has waited longest for its request header is
+        closed to make room: that is what a slow or malicious client holds, while a
+        scraper or a kubelet probe sends its request at once, so scrapes and probes
+        get through immediately however many such clients there are (leaving
+        connections in the listen backlog would instead queue a scrape behind them,
+        a timeout each). Only when every slot is busy answering a complete request,
+        each bounded by the write timeout, is a new connection refused: a best-effort
+        503 and close, rather than a thread, or an accept that hangs."""
+        if self._admit(request):
+            super().process_request(request, client_address)
+            return
+        self.errors.log(
+            logging.WARNING,
+            "busy",
+            "http connection refused: every connection slot is answering a request",
+            client=_client(client_address),
+            max_connections=self.max_connections,
+        )
+        with contextlib.suppress(OSError):  # best effort: never wait for this client
+            request.setblocking(False)
+            request.send(BUSY)
+        self.shutdown_request(request)
+
+    def _admit(self, request: socket.socket) -> bool:
+        with self._room:
+            full = len(self._slots) >= self.max_connections
+            if full:
+                waiting = [(slot.since, s) for s, slot in self._slots.items() if slot.evictable]
+                if not waiting:
+                    return False
+                _, oldest = min(waiting, key=lambda pair: pair[0])
+                self._slots[oldest].stopped = True
+                _stop(oldest)  # its thread sees the end of the stream, ends, frees the slot
+                # Wait for that (microseconds): a thread per slot, not one more.
+                if not self._room.wait_for(self._has_room, STOP_WAIT):
+                    return False
+            self._slots[request] = _Slot(time.monotonic())
+        if full:
+            self.errors.log(
+                logging.WARNING,
+                "evicted",
+                "http connection limit reached: closed the connection that waited "
+                "longest for a request",
+                max_connections=self.max_connections,
+            )
+        return True
+
+    def _has_room(self) -> bool:
+        return len(self._slots) < self.max_connections
+
+    def mark(self, request: socket.socket, waiting: bool) -> None:
+        """Whether a connection is waiting for a request (evictable) or answering one."""
+        with self._room:
+            slot = self._slots.get(request)
+            if slot is not None:
+                slot.waiting = waiting
+                slot.since = time.monotonic()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._room:
+            if self._slots.pop(request, None) is not None:
+                self._room.notify_all()
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Address) -> None:
+        """One line through the agent's logging, not socketserver's traceback on stderr.
+
+        A client that resets or closes its connection early is routine (debug); the
+        rest (a bug in rendering, say) is an error, with its type and message."""
+        exc = sys.exception()
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ConnectionError | TimeoutError):
+            self.errors.log(
+                logging.DEBUG,
+                type(exc).__name__,
+                "http client went away",
+                client=_client(client_address),
+                error=error,
+            )
+        else:
+            self.errors.log(
+                logging.ERROR,
+                type(exc).__name__,
+                "http request failed",
+                client=_client(client_address),
+                error=error,
+            )
+
+    def server_close(self) -> None:
+        """Also end every connection, so that no thread waits out its timeout."""
+        super().server_close()
+        with self._room:
+            for sock in self._slots:
+                _stop(sock)
 
 
 class _Server6(_Server):
@@ -41,43 +268,110 @@ class _Server6(_Server):
         super().server_bind()
 
 
-def make_server(
-    host: str, port: int, render: Render, healthy: Check, ready: Check
-) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _stop(sock: socket.socket) -> None:
+    """Wake and end the thread reading ``sock`` (closing it is that thread's job: the
+    descriptor might otherwise be reused under it)."""
+    with contextlib.suppress(OSError):  # already gone
+        sock.shutdown(socket.SHUT_RDWR)
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body, content_type = render(self.headers.get("Accept", ""))
-                self._reply(200, content_type, body)
-            elif path in ("/healthz", "/readyz"):
-                ok, why = (healthy if path == "/healthz" else ready)()
-                self._reply(200 if ok else 503, "text/plain; charset=utf-8", why.encode() + b"\n")
-            elif path == "/":
-                self._reply(200, "text/html; charset=utf-8", INDEX)
-            else:
-                self._reply(404, "text/plain; charset=utf-8", b"not found\n")
 
-        def _reply(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.connection_timeout)
+        self.rfile.close()  # the socket's own reader: replaced by one with a deadline
+        self.reader = _Reader(self.connection, self.server.connection_timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        self.server.mark(self.connection, waiting=True)
+        self.reader.deadline = time.monotonic() + self.server.connection_timeout
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the header lines
+        self.reader.deadline = None
+        self.server.mark(self.connection, waiting=False)
+        return parsed
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        try:
+            status, content_type, body = self._route(self.path.split("?", 1)[0])
+        except Exception as exc:  # a bug: the client gets a 500, the log one line
+            self.server.errors.log(
+                logging.ERROR,
+                type(exc).__name__,
+                "http request failed",
+                client=_client(self.client_address),
+                path=self.path,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            status, content_type, body = 500, TEXT, b"internal error\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("http " + format % args)
+    def _route(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            body, content_type = self.server.render(self.headers.get("Accept", ""))
+            return 200, content_type, body
+        if path in ("/healthz", "/readyz"):
+            ok, why = (self.server.healthy if path == "/healthz" else self.server.ready)()
+            return 200 if ok else 503, TEXT, why.encode() + b"\n"
+        if path == "/":
+            return 200, "text/html; charset=utf-8", INDEX
+        return 404, TEXT, b"not found\n"
 
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http " + one_line(format % args))
+
+    def log_error(self, format: str, *args: object) -> None:
+        """Timeouts and malformed requests: any client can cause any number."""
+        self.server.errors.log(
+            logging.DEBUG,
+            format,
+            "http " + one_line(format % args),
+            client=_client(self.client_address),
+        )
+
+
+def make_server(
+    host: str,
+    port: int,
+    render: Render,
+    healthy: Check,
+    ready: Check,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> ThreadingHTTPServer:
+    """A server for ``host:port`` ("" for every address, IPv6 and IPv4), not yet serving.
+
+    ``timeout``: seconds a connection has to deliver a complete request header (or its
+    next one, kept alive), and for each write of the answer. ``max_connections``:
+    connections served at once, each by a thread."""
+    limits: dict[str, Any] = {"timeout": timeout, "max_connections": max_connections}
     if host:
-        return (_Server6 if ":" in host else _Server)((host, port), Handler)
+        cls = _Server6 if ":" in host else _Server
+        return cls((host, port), render, healthy, ready, **limits)
     try:
-        return _Server6(("::", port), Handler)
+        return _Server6(("::", port), render, healthy, ready, **limits)
     except OSError as exc:
         if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             raise
-        return _Server(("0.0.0.0", port), Handler)
+        return _Server(("0.0.0.0", port), render, healthy, ready, **limits)
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client.core import Metric
@@ -51,11 +51,13 @@ class Supervisor:
         backoff_first: float = BACKOFF_FIRST_SECONDS,
         backoff_max: float = BACKOFF_MAX_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.node_name = node_name
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.clock = clock
+        self.sleep = sleep
         self.components: list[Component] = []
         self.restarts: dict[str, int] = {}
         self.exceptions = 0  # also unexpected errors the event loop reports
@@ -97,7 +99,7 @@ class Supervisor:
                 "component failed, restarting",
                 extra={"component": component.name, "problem": problem, "backoff": backoff},
             )
-            await asyncio.sleep(backoff)
+            await self.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max)
 
     async def stop(self, timeout: float) -> bool:

@@ -470,3 +470,44 @@ def test_json_logs_and_per_peer_histogram(agent_factory: Callable[..., AgentProc
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     started = next(r for r in records if r["msg"] == "started")
     assert started["level"] == "info" and started["discovery"] == "static"
+
+
+def test_a_resolver_that_never_answers_delays_nothing(
+    agent_factory: Callable[..., AgentProcess],
+    net: TargetNetwork,
+    loss_rules: Callable[[str], None],
+) -> None:
+    """Defect 3: the agent's resolver (bind-mounted /etc/netns/<namespace>/resolv.conf)
+    is a name server whose queries are dropped, with glibc told to wait 60 s. Probing,
+    /healthz and shutdown must not wait for it."""
+    dns = target_v4(30)
+    loss_rules(f"ip daddr {dns} udp dport 53 drop; ip daddr {dns} tcp dport 53 drop")
+    conf_dir = Path("/etc/netns") / net.agent.name
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    resolv = conf_dir / "resolv.conf"
+    try:
+        resolv.write_text(f"nameserver {dns}\noptions timeout:30 attempts:2\n")
+        began = time.monotonic()
+        agent = agent_factory(
+            "--peer",
+            f"a={target_v4(1)}",
+            "--external-target",
+            "dead=never-answers.test",
+            "--interval",
+            "0.1",
+        )
+        wait_for(lambda: agent.alive() and agent.get("/healthz")[0] == 200, 5, "/healthz")
+        wait_for(
+            lambda: value(agent.metrics(), RECEIVED, destination_node="a"),
+            5,
+            f"node a probed; output: {agent.output()}",
+        )
+        assert time.monotonic() - began < 8  # the old agent: 61 s to the first /healthz
+        assert not select(agent.metrics(), "external_ping_target_info", destination_name="dead")
+        stopping = time.monotonic()
+        assert agent.stop() == 0
+        assert time.monotonic() - stopping < 2.5  # the hanging lookup does not hold the exit
+    finally:
+        resolv.unlink(missing_ok=True)
+        if not any(conf_dir.iterdir()):
+            conf_dir.rmdir()

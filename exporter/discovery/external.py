@@ -2,12 +2,13 @@
 
 A target given as an IP address is probed from the start. A target given as a
 DNS name is resolved at start and every ``--resolve-interval``: all names at
-once, each lookup bounded by RESOLVE_TIMEOUT_SECONDS, in a small thread pool
-of its own, so a resolver that never answers delays neither the node probes
-nor ``/healthz`` (nor anything else that runs in the loop's default pool). A
-failed or timed-out lookup is counted and logged, never fatal, and the target
-keeps its last good address; a target never resolved yet is not probed until
-it resolves. A lookup still hanging from the last round is not started again.
+once, each lookup bounded by RESOLVE_TIMEOUT_SECONDS, each in a daemon thread
+of its own (not the loop's shared pool, and never joined at exit), so a
+resolver that never answers delays neither the node probes, nor ``/healthz``,
+nor the agent's exit. A failed or timed-out lookup is counted and logged,
+never fatal, and the target keeps its last good address; a target never
+resolved yet is not probed until it resolves. A lookup still hanging from the
+last round is not started again, so there is at most one thread per target.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Iterator
 
 from icmplib import resolve
@@ -27,7 +29,6 @@ from ..peers import PeerKey, PeerKind, PeerTable
 log = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT_SECONDS = 10.0
-RESOLVER_THREADS = 4
 
 
 class ExternalTargets:
@@ -53,7 +54,6 @@ class ExternalTargets:
             if target not in self._names:
                 self.addresses[target.name] = normalise_ip(target.host)
         self._lookups: dict[str, concurrent.futures.Future[list[str]]] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._publish()
 
     def _publish(self) -> None:
@@ -67,27 +67,25 @@ class ExternalTargets:
         )
 
     async def resolve_all(self) -> None:
-        """Look every DNS name up at once; publish what changed."""
-        results = await asyncio.gather(*(self._lookup(t) for t in self._names))
-        for target, address in zip(self._names, results, strict=True):
-            if address and self.addresses.get(target.name) != address:
-                log.info(
-                    "external target resolved",
-                    extra={"target": target.name, "host": target.host, "address": address},
-                )
-                self.addresses[target.name] = address
-        self._publish()
+        """Look every DNS name up at once; each new address is probed as soon as it is known."""
+        await asyncio.gather(*(self._resolve(t) for t in self._names))
+
+    async def _resolve(self, target: ExternalTarget) -> None:
+        address = await self._lookup(target)
+        if address and self.addresses.get(target.name) != address:
+            log.info(
+                "external target resolved",
+                extra={"target": target.name, "host": target.host, "address": address},
+            )
+            self.addresses[target.name] = address
+            self._publish()
 
     async def _lookup(self, target: ExternalTarget) -> str | None:
         pending = self._lookups.get(target.name)
         try:
             if pending is not None and not pending.done():
                 raise TimeoutError("the previous lookup has not returned yet")
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    RESOLVER_THREADS, thread_name_prefix="resolve"
-                )
-            future = self._pool.submit(resolve, target.host)
+            future = _lookup_in_thread(target.host)
             self._lookups[target.name] = future
             found = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
             return normalise_ip(found[0])
@@ -101,14 +99,9 @@ class ExternalTargets:
             return None
 
     async def run(self) -> None:
-        try:
-            while True:
-                await self.resolve_all()
-                await asyncio.sleep(self.interval)
-        finally:  # a lookup still hanging is left to finish on its own
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+        while True:  # a lookup still hanging when this is cancelled ends on its own
+            await self.resolve_all()
+            await asyncio.sleep(self.interval)
 
     def collect(self) -> Iterator[Metric]:
         me = self.node_name
@@ -117,3 +110,17 @@ class ExternalTargets:
         hosts = {t.name: t.host for t in self.targets}
         addresses = sorted(dict(self.addresses).items())
         yield TARGET_INFO.samples(((me, n, hosts[n], a), 1) for n, a in addresses)
+
+
+def _lookup_in_thread(host: str) -> concurrent.futures.Future[list[str]]:
+    future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # running: a timed-out wait cannot cancel it
+
+    def work() -> None:
+        try:
+            future.set_result(resolve(host))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="resolve", daemon=True).start()
+    return future
