@@ -74,7 +74,7 @@ def test_a_hanging_resolver_delays_nothing(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_last_good_address_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    answers = [["198.18.0.1"], OSError("no such name"), ["198.18.0.2"]]
+    answers: list[list[str] | OSError] = [["198.18.0.1"], OSError("no such name"), ["198.18.0.2"]]
 
     def resolve(host: str) -> list[str]:
         answer = answers.pop(0) if len(answers) > 1 else answers[0]

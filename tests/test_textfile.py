@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter import textfile
 from exporter.textfile import TextfileWriter
 
 BODY = b"kube_node_ping_peers 1\n"
@@ -40,7 +39,7 @@ def test_a_link_at_the_temporary_name_is_not_followed(
     directory = tmp_path / "textfile"
     directory.mkdir()
     names = iter(["planted", "planted", "second"])
-    monkeypatch.setattr(textfile.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr("exporter.textfile.secrets.token_hex", lambda n: next(names))
     link = directory / ".node-ping_node-1.prom.planted.tmp"
     link.symlink_to(victim)
     # Where the old writer put its temporary file (the PID is predictable too).
