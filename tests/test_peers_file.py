@@ -13,7 +13,7 @@ import pytest
 from exporter.discovery import DiscoveryState, NodeSink
 from exporter.discovery.file import PeersFileDiscovery, read_peers_file
 from exporter.engine import Prober
-from exporter.peers import PeerKind, PeerTable
+from exporter.peers import PeerTable
 
 from .scripted import ScriptedClock, ScriptedSocket
 
