@@ -9,17 +9,24 @@ shows up as a diff. Needs no root. After an intended change, regenerate with
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.config import ExternalTarget
+from exporter.discovery import DiscoveryState, NodeSink, external
+from exporter.discovery.external import ExternalTargets
+from exporter.discovery.static import StaticDiscovery
 from exporter.engine import Prober
 from exporter.exposition import Exposition
 from exporter.metrics import AgentCollector
-from exporter.peers import PeerKey, PeerKind, PeerTable
+from exporter.peers import NodeAddress, PeerTable
 from exporter.supervisor import Supervisor
+from exporter.textfile import TextfileWriter
 
 from .scripted import ScriptedClock, ScriptedSocket, drive
 
@@ -43,11 +50,14 @@ def respond(address: str, at: float) -> float | None:
     return 0.00025 + spread
 
 
-def node(name: str, address: str) -> PeerKey:
-    return PeerKey(PeerKind.NODE, name, address)
+def nodes(*pairs: tuple[str, str]) -> list[NodeAddress]:
+    by_name: dict[str, list[str]] = {}
+    for name, address in pairs:
+        by_name.setdefault(name, []).append(address)
+    return [NodeAddress(name, tuple(addresses)) for name, addresses in by_name.items()]
 
 
-def scripted_exposition(per_peer_histogram: bool) -> Exposition:
+def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition:
     clock = ScriptedClock()
     sock = ScriptedSocket(clock, respond, unreachable=frozenset({f"{V4}.7"}))
     table = PeerTable(window=5, per_peer_histogram=per_peer_histogram)
@@ -63,36 +73,30 @@ def scripted_exposition(per_peer_histogram: bool) -> Exposition:
         token=b"golden!!",
     )
     table._on_change = prober.peers_changed
-    table.replace(
-        PeerKind.NODE,
-        [
-            node("n1", f"{V4}.2"),
-            node("n2", f"{V4}.3"),
-            node("n2", f"{V6}3"),
-            node("n4", f"{V4}.5"),
-            node("n5", f"{V4}.6"),
-            node("n6", f"{V4}.7"),
-        ],
-    )
-    table.replace(PeerKind.EXTERNAL, [PeerKey(PeerKind.EXTERNAL, "dns", f"{V4}.100", "dns.test")])
-    table.discovered_nodes = 6
+    sink = NodeSink(table, "node-0", ping_self=False, max_peers=0)
+    state = DiscoveryState("static", "node-0")
+    discovery = StaticDiscovery([], sink, state)
+    common = [("n1", f"{V4}.2"), ("n2", f"{V4}.3"), ("n2", f"{V6}3"), ("n5", f"{V4}.6")]
+    sink.update(nodes(("node-0", f"{V4}.1"), *common, ("n4", f"{V4}.5"), ("n6", f"{V4}.7")))
+    with patch.object(external, "resolve", lambda host: [f"{V4}.100"]):
+        targets = [ExternalTarget(host="dns.test", name="dns"), ExternalTarget(host="no.test")]
+        resolver = ExternalTargets(targets, table, interval=60, node_name="node-0")
+        with patch.object(
+            external, "resolve", lambda host: [f"{V4}.100"] if host == "dns.test" else []
+        ):
+            asyncio.run(resolver.resolve_all())
     drive(prober, clock, 1.0)
-    # n4 leaves (its series must vanish), n3 joins; then everything in flight resolves.
-    table.replace(
-        PeerKind.NODE,
-        [
-            node("n1", f"{V4}.2"),
-            node("n2", f"{V4}.3"),
-            node("n2", f"{V6}3"),
-            node("n3", f"{V4}.4"),
-            node("n5", f"{V4}.6"),
-            node("n6", f"{V4}.7"),
-        ],
-    )
+    # n4 leaves (its series must vanish), n3 joins; a bad read is counted.
+    sink.update(nodes(("node-0", f"{V4}.1"), *common, ("n3", f"{V4}.4"), ("n6", f"{V4}.7")))
+    state.failed("scripted")
     drive(prober, clock, 0.5)
+    state.succeeded()
+    state.last_success = 1_800_000_000.0
+    writer = TextfileWriter(directory / "node-ping_node-0.prom", lambda a: (b"", ""), 10, "node-0")
     supervisor = Supervisor("node-0")
-    supervisor.components.append(prober)
-    supervisor.restarts["prober"] = 0
+    for component in (discovery, resolver, prober, writer):
+        supervisor.components.append(component)
+        supervisor.restarts[component.name] = 0
     registry = CollectorRegistry()
     registry.register(
         AgentCollector("node-0", "unprivileged", table, supervisor, python_version="3.x")
@@ -109,9 +113,9 @@ def scripted_exposition(per_peer_histogram: bool) -> Exposition:
     ],
 )
 def test_exposition_matches_the_golden_file(
-    accept: str, per_peer_histogram: bool, golden: str
+    accept: str, per_peer_histogram: bool, golden: str, tmp_path: Path
 ) -> None:
-    body, _ = scripted_exposition(per_peer_histogram).render(accept)
+    body, _ = scripted_exposition(per_peer_histogram, tmp_path).render(accept)
     path = GOLDEN / golden
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_bytes(body)
