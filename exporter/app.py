@@ -141,7 +141,7 @@ class Agent:
             s.address_types,
             s.node_selector,
             s.kubeconfig,
-            api=plan.kubernetes_api,
+            api_client=plan.kubernetes_client,
         )
 
     def _http_server(self) -> HttpServer:

@@ -27,6 +27,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -57,6 +58,11 @@ class Output(StrEnum):
     HTTP = "http"
     TEXTFILE = "textfile"
     BOTH = "both"
+
+
+class MetricsAuth(StrEnum):
+    NONE = "none"
+    KUBERNETES = "kubernetes"
 
 
 class LogFormat(StrEnum):
@@ -291,6 +297,21 @@ class Settings(BaseSettings):
     textfile_interval: float = Field(
         default=10.0, gt=0, description="seconds between textfile rewrites"
     )
+    tls_cert_file: Path | None = Field(
+        default=None, description="serve HTTPS with this certificate (PEM; re-read when it changes)"
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="the certificate's private key (PEM)"
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="require client certificates signed by this CA (PEM) on every endpoint",
+    )
+    metrics_auth: MetricsAuth = Field(
+        default=MetricsAuth.NONE,
+        description="none, or kubernetes: /metrics needs a bearer token that the API server "
+        "accepts (TokenReview) and allows to get /metrics (SubjectAccessReview)",
+    )
     log_format: LogFormat = Field(default=LogFormat.PLAIN, description="plain or json")
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
@@ -388,6 +409,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get() or {})
         return (init_settings, env_settings, yaml_source)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "invalid setting 'tls_cert_file' (--tls-cert-file / --tls-key-file): "
+                "HTTPS needs both the certificate and its key"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "invalid setting 'tls_client_ca_file' (--tls-client-ca-file): "
+                "client certificates need HTTPS (--tls-cert-file and --tls-key-file)"
+            )
+        return self
 
     @property
     def textfile_path(self) -> Path:
@@ -504,7 +539,9 @@ def describe_error(exc: ValidationError) -> str:
     """The first validation error as one line naming the setting and the problem."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
-    name = loc[0] if loc else "?"
+    if not loc:  # a check across settings: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = loc[0]
     for field_name, field in Settings.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices) and name in alias.choices:

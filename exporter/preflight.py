@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, DiscoveryMode, Settings
+from .config import ConfigError, DiscoveryMode, MetricsAuth, Settings
 from .discovery.file import load_initial
-from .discovery.kubernetes import core_api, in_cluster
+from .discovery.kubernetes import in_cluster, kubernetes_client
 from .peers import NodeAddress
 from .textfile import check_directory
+from .tls import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class Plan:
     settings: Settings
     discovery: DiscoveryMode
     peers_file: tuple[bytes, list[NodeAddress]] | None = None  # file discovery's first read
-    kubernetes_api: Any = None  # a CoreV1Api, kubernetes discovery
+    kubernetes_client: Any = None  # an ApiClient: kubernetes discovery, --metrics-auth kubernetes
+    tls: TlsFiles | None = None  # HTTPS: the certificate files, loaded
 
     def describe(self) -> str:
         s = self.settings
@@ -59,8 +61,15 @@ def preflight(settings: Settings) -> Plan:
         raise ConfigError(
             "invalid setting 'peers' (--peer): static discovery needs at least one --peer NAME=IP"
         )
-    if mode is DiscoveryMode.FILE:
-        return Plan(settings, mode, peers_file=load_initial(settings.peers_file))
-    if mode is DiscoveryMode.KUBERNETES:
-        return Plan(settings, mode, kubernetes_api=core_api(settings.kubeconfig))
-    return Plan(settings, mode)
+    peers_file = load_initial(settings.peers_file) if mode is DiscoveryMode.FILE else None
+    wants_api = mode is DiscoveryMode.KUBERNETES or settings.metrics_auth is MetricsAuth.KUBERNETES
+    tls = None
+    if settings.wants_http and settings.tls_cert_file and settings.tls_key_file:
+        tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    return Plan(
+        settings,
+        mode,
+        peers_file=peers_file,
+        kubernetes_client=kubernetes_client(settings.kubeconfig) if wants_api else None,
+        tls=tls,
+    )

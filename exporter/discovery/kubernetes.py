@@ -75,13 +75,15 @@ class KubernetesDiscovery:
         address_types: list[str],
         label_selector: str,
         kubeconfig: Path | None,
-        api: Any = None,
+        api_client: Any = None,
     ) -> None:
         self.sink = sink
         self.state = state
         self.address_types = address_types
         self.label_selector = label_selector or None
-        self._api = api if api is not None else core_api(kubeconfig)
+        from kubernetes import client
+
+        self._api: Any = client.CoreV1Api(api_client or kubernetes_client(kubeconfig))
         self._stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._response: Any = None  # the open watch, closed by stop()
@@ -208,8 +210,8 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def core_api(kubeconfig: Path | None) -> Any:
-    """A CoreV1Api from the in-cluster service account or a kubeconfig."""
+def kubernetes_client(kubeconfig: Path | None) -> Any:
+    """An ApiClient from the in-cluster service account or a kubeconfig."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
@@ -226,4 +228,4 @@ def core_api(kubeconfig: Path | None) -> Any:
         raise ConfigError(
             f"invalid setting 'kubeconfig' (--kubeconfig): cannot load {where}: {exc}"
         ) from None
-    return client.CoreV1Api(client.ApiClient(configuration))
+    return client.ApiClient(configuration)
