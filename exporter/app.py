@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .config import ConfigError, DiscoveryMode, split_listen_address
+from .auth import KubernetesAuthorizer
+from .config import ConfigError, DiscoveryMode, MetricsAuth, split_listen_address
 from .discovery import DiscoveryState, NodeSink
 from .discovery.external import ExternalTargets
 from .discovery.file import PeersFileDiscovery
@@ -151,8 +152,19 @@ class Agent:
         registry.register(ProcessCollector(registry=None))
         exposition = Exposition(self.table, s.node_name, registry)
         host, port = split_listen_address(s.listen_address)
+        authorize = None
+        if s.metrics_auth is MetricsAuth.KUBERNETES:
+            authorize = KubernetesAuthorizer(self.plan.kubernetes_client).check
         try:
-            server = make_server(host, port, exposition.render, self.healthy, self.ready)
+            server = make_server(
+                host,
+                port,
+                exposition.render,
+                self.healthy,
+                self.ready,
+                tls=self.plan.tls,
+                authorize=authorize,
+            )
         except OSError as exc:
             raise ConfigError(
                 f"invalid setting 'listen_address' (--listen-address): "

@@ -19,6 +19,7 @@ import errno
 import io
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from .exposition import Render
+from .logs import one_line
+from .tls import TlsFiles
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
+# (Authorization header, path) -> (HTTP status, reason): exporter.auth.KubernetesAuthorizer
+Authorize = Callable[[str | None, str], tuple[int, str]]
 Address = tuple[Any, ...]
 
 DEFAULT_TIMEOUT = 10.0  # seconds for a request header to arrive, and for each write
@@ -52,15 +57,6 @@ BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n"
 )
-
-# Control characters (a newline above all) escaped, as http.server does for its log.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]} | {ord("\\"): "\\\\"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters escaped: a log entry stays one line whatever a
-    client sent."""
-    return text.translate(_ESCAPES)
 
 
 def _client(address: Address) -> str:
@@ -136,6 +132,8 @@ class _Slot:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: a burst of connections waits there to be accepted (quickly:
+    # admitting costs no wait) instead of having SYNs dropped, a 1 s retry each.
     request_queue_size = 512
 
     def __init__(
@@ -147,12 +145,16 @@ class _Server(ThreadingHTTPServer):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        tls: TlsFiles | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         if timeout <= 0 or max_connections < 1:
             raise ValueError("timeout must be > 0 and max_connections >= 1")
         self.render = render
         self.healthy = healthy
         self.ready = ready
+        self.tls = tls
+        self.authorize = authorize
         self.connection_timeout = timeout  # not ``timeout``: BaseServer has its own
         self.max_connections = max_connections
         self.errors = _Throttle(log)
@@ -163,14 +165,15 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Address) -> None:
         """Admit the connection to a thread, within ``max_connections``.
 
-        At the cap, the connection that has waited longest for its request header is
-        closed to make room: that is what a slow or malicious client holds, while a
-        scraper or a kubelet probe sends its request at once, so scrapes and probes
-        get through immediately however many such clients there are (leaving
-        connections in the listen backlog would instead queue a scrape behind them,
-        a timeout each). Only when every slot is busy answering a complete request,
-        each bounded by the write timeout, is a new connection refused: a best-effort
-        503 and close, rather than a thread, or an accept that hangs."""
+        At the cap, the connection that has waited longest for a request header is
+        closed to make room. That is what a slow or malicious client holds, while a
+        scraper or a kubelet probe sends its request as soon as it connects: so these
+        are answered at once however many slow clients there are. (Leaving connections
+        in the listen backlog at the cap would queue a scrape behind every slow client,
+        ``timeout`` seconds per ``max_connections`` of them: 800 would take 125 s.)
+        Only when every slot is answering a complete request, each bounded by the
+        write timeout, is a new connection refused: a best-effort 503, then closed;
+        it never gets a thread or waits."""
         if self._admit(request):
             super().process_request(request, client_address)
             return
@@ -231,25 +234,17 @@ class _Server(ThreadingHTTPServer):
         """One line through the agent's logging, not socketserver's traceback on stderr.
 
         A client that resets or closes its connection early is routine (debug); the
-        rest (a bug in rendering, say) is an error, with its type and message."""
+        rest (a bug, say) is an error, logged with its type and message."""
         exc = sys.exception()
-        error = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, ConnectionError | TimeoutError):
-            self.errors.log(
-                logging.DEBUG,
-                type(exc).__name__,
-                "http client went away",
-                client=_client(client_address),
-                error=error,
-            )
-        else:
-            self.errors.log(
-                logging.ERROR,
-                type(exc).__name__,
-                "http request failed",
-                client=_client(client_address),
-                error=error,
-            )
+        # Includes a failed TLS handshake (a scanner, a client without a certificate).
+        gone = isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError)
+        self.errors.log(
+            logging.DEBUG if gone else logging.ERROR,
+            type(exc).__name__,
+            "http client went away" if gone else "http request failed",
+            client=_client(client_address),
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def server_close(self) -> None:
         """Also end every connection, so that no thread waits out its timeout."""
@@ -280,6 +275,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        self.raw = self.request  # what the server's connection slots know it by
+        if self.server.tls is not None:
+            # The handshake runs here, in the connection's own thread, within the timeout
+            # (an evictable slot meanwhile), never in the accepting thread.
+            self.request.settimeout(self.server.connection_timeout)
+            self.request = self.server.tls.context().wrap_socket(self.request, server_side=True)
         super().setup()
         self.connection.settimeout(self.server.connection_timeout)
         self.rfile.close()  # the socket's own reader: replaced by one with a deadline
@@ -287,14 +288,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
-        self.server.mark(self.connection, waiting=True)
+        self.server.mark(self.raw, waiting=True)
         self.reader.deadline = time.monotonic() + self.server.connection_timeout
         super().handle_one_request()
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()  # reads the header lines
         self.reader.deadline = None
-        self.server.mark(self.connection, waiting=False)
+        self.server.mark(self.raw, waiting=False)
         return parsed
 
     def do_GET(self) -> None:
@@ -324,6 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
+        authorize = self.server.authorize
+        if path == "/metrics" and authorize is not None:
+            status, reason = authorize(self.headers.get("Authorization"), path)
+            if status != 200:
+                return status, TEXT, reason.encode() + b"\n"
         if path == "/metrics":
             body, content_type = self.server.render(self.headers.get("Accept", ""))
             return 200, content_type, body
@@ -356,13 +362,22 @@ def make_server(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    tls: TlsFiles | None = None,
+    authorize: Authorize | None = None,
 ) -> ThreadingHTTPServer:
     """A server for ``host:port`` ("" for every address, IPv6 and IPv4), not yet serving.
 
     ``timeout``: seconds a connection has to deliver a complete request header (or its
     next one, kept alive), and for each write of the answer. ``max_connections``:
-    connections served at once, each by a thread."""
-    limits: dict[str, Any] = {"timeout": timeout, "max_connections": max_connections}
+    connections served at once, each by a thread. ``tls``: serve HTTPS with these
+    certificate files. ``authorize``: who may read /metrics (the health endpoints stay
+    open for the kubelet's probes)."""
+    limits: dict[str, Any] = {
+        "timeout": timeout,
+        "max_connections": max_connections,
+        "tls": tls,
+        "authorize": authorize,
+    }
     if host:
         cls = _Server6 if ":" in host else _Server
         return cls((host, port), render, healthy, ready, **limits)
