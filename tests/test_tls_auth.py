@@ -85,7 +85,8 @@ def get(
     try:
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
-        peer = conn.sock.getpeercert(binary_form=True) if ca is not None else None
+        sock = conn.sock
+        peer = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         return response.status, response.read(), peer
     finally:
         conn.close()
