@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from .metric_table import DISCOVERED_NODES, EXTERNAL_RTT, NODE_RTT, PEER_RTT, PEERS
+from .metric_table import EXTERNAL_RTT, NODE_RTT, PEER_RTT, PEERS
 from .stats import Histogram, PeerStats
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,6 @@ class PeerTable:
         # RTT histogram over all peers of a kind (kube_node_ping_rtt_seconds, ...).
         self.histograms = {kind: Histogram() for kind in PeerKind}
         self._on_change = on_change
-        self.discovered_nodes = 0  # nodes known before sampling, self excluded
 
     def snapshot(self) -> list[Peer]:
         return list(self._peers.values())
@@ -140,7 +139,6 @@ class PeerTable:
             _add_histogram(aggregate, [me], self.histograms[kind])
             yield aggregate
         yield PEERS.samples(((me, kind.value), self.count(kind)) for kind in PeerKind)
-        yield DISCOVERED_NODES.sample(self.discovered_nodes, me)
 
 
 def _add_histogram(family: Metric, values: list[str], hist: Histogram) -> None:

@@ -70,7 +70,7 @@ def test_list_watch_follows_nodes(tmp_path: Path) -> None:
                 ("dual", "198.18.128.3"),
                 ("dual", "fd00:198:18:1::3"),
             }
-            assert table.discovered_nodes == 2
+            assert discovery.sink.discovered_nodes == 2
 
             fake.put_node("new", [(V4, "198.18.128.5")])
             await until(lambda: ("new", "198.18.128.5") in peers_of(table), 2, "added node")

@@ -16,18 +16,20 @@ def names(table: PeerTable) -> set[str]:
 
 def test_self_is_excluded_unless_ping_self() -> None:
     table = PeerTable(window=5, per_peer_histogram=False)
-    NodeSink(table, "n0", ping_self=False, max_peers=0).update(nodes(3))
+    sink = NodeSink(table, "n0", ping_self=False, max_peers=0)
+    sink.update(nodes(3))
     assert names(table) == {"n1", "n2"}
-    assert table.discovered_nodes == 2
+    assert sink.discovered_nodes == 2
     NodeSink(table, "n0", ping_self=True, max_peers=0).update(nodes(3))
     assert names(table) == {"n0", "n1", "n2"}
 
 
 def test_max_peers_samples_and_counts_what_was_discovered() -> None:
     table = PeerTable(window=5, per_peer_histogram=False)
-    NodeSink(table, "n0", ping_self=False, max_peers=3).update(nodes(10))
+    sink = NodeSink(table, "n0", ping_self=False, max_peers=3)
+    sink.update(nodes(10))
     assert len(names(table)) == 3 and "n0" not in names(table)
-    assert table.discovered_nodes == 9
+    assert sink.discovered_nodes == 9
 
 
 def test_unchanged_peers_keep_their_statistics_and_change_is_signalled() -> None:

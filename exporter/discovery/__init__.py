@@ -15,7 +15,12 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import Metric
 
-from ..metric_table import DISCOVERY_ERRORS, DISCOVERY_LAST_SUCCESS, DISCOVERY_UP
+from ..metric_table import (
+    DISCOVERED_NODES,
+    DISCOVERY_ERRORS,
+    DISCOVERY_LAST_SUCCESS,
+    DISCOVERY_UP,
+)
 from ..peers import NodeAddress, PeerKey, PeerKind, PeerTable
 from ..sampling import choose_peers
 
@@ -61,6 +66,7 @@ class NodeSink:
         self.self_name = self_name
         self.ping_self = ping_self
         self.max_peers = max_peers
+        self.discovered_nodes = 0  # nodes known before sampling, self excluded
 
     def update(self, nodes: Iterable[NodeAddress]) -> None:
         by_name: dict[str, set[str]] = {}
@@ -69,8 +75,11 @@ class NodeSink:
         chosen = choose_peers(self.self_name, by_name, self.max_peers)
         if self.ping_self and self.self_name in by_name:
             chosen.add(self.self_name)
-        self.table.discovered_nodes = len(set(by_name) - {self.self_name})
+        self.discovered_nodes = len(set(by_name) - {self.self_name})
         self.table.replace(
             PeerKind.NODE,
             (PeerKey(PeerKind.NODE, name, address) for name in chosen for address in by_name[name]),
         )
+
+    def collect(self) -> Iterator[Metric]:
+        yield DISCOVERED_NODES.sample(self.discovered_nodes, self.self_name)

@@ -133,4 +133,5 @@ class PeersFileDiscovery:
             self.check(text)
 
     def collect(self) -> Iterator[Metric]:
-        return self.state.collect()
+        yield from self.state.collect()
+        yield from self.sink.collect()

@@ -104,7 +104,8 @@ class KubernetesDiscovery:
         await in_thread("kubernetes-discovery", self._run, self.stop)
 
     def collect(self) -> Iterator[Metric]:
-        return self.state.collect()
+        yield from self.state.collect()
+        yield from self.sink.collect()
 
     # -- worker thread --------------------------------------------------------
 

@@ -17,6 +17,7 @@ class StaticDiscovery:
 
     def __init__(self, peers: list[StaticPeer], sink: NodeSink, state: DiscoveryState) -> None:
         self.state = state
+        self.sink = sink
         sink.update(NodeAddress(p.name, (p.address,)) for p in peers)
         state.succeeded()
 
@@ -25,4 +26,5 @@ class StaticDiscovery:
         await asyncio.Event().wait()
 
     def collect(self) -> Iterator[Metric]:
-        return self.state.collect()
+        yield from self.state.collect()
+        yield from self.sink.collect()
