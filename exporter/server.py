@@ -137,17 +137,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512
 
     def __init__(
-        self,
-        address: Address,
-        render: Render,
-        healthy: Check,
-        ready: Check,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        tls: TlsFiles | None = None,
-        authorize: Authorize | None = None,
+        self, address: Address, render: Render, healthy: Check, ready: Check, options: Options
     ) -> None:
+        timeout, max_connections = options.timeout, options.max_connections
+        tls, authorize = options.tls, options.authorize
         if timeout <= 0 or max_connections < 1:
             raise ValueError("timeout must be > 0 and max_connections >= 1")
         self.render = render
@@ -353,40 +346,35 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
-def make_server(
-    host: str,
-    port: int,
-    render: Render,
-    healthy: Check,
-    ready: Check,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    tls: TlsFiles | None = None,
-    authorize: Authorize | None = None,
-) -> ThreadingHTTPServer:
-    """A server for ``host:port`` ("" for every address, IPv6 and IPv4), not yet serving.
-
-    ``timeout``: seconds a connection has to deliver a complete request header (or its
-    next one, kept alive), and for each write of the answer. ``max_connections``:
+@dataclass(frozen=True)
+class Options:
+    """``timeout``: seconds a connection has to deliver a complete request header (or
+    its next one, kept alive), and for each write of the answer. ``max_connections``:
     connections served at once, each by a thread. ``tls``: serve HTTPS with these
     certificate files. ``authorize``: who may read /metrics (the health endpoints stay
     open for the kubelet's probes)."""
-    limits: dict[str, Any] = {
-        "timeout": timeout,
-        "max_connections": max_connections,
-        "tls": tls,
-        "authorize": authorize,
-    }
+
+    timeout: float = DEFAULT_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    tls: TlsFiles | None = None
+    authorize: Authorize | None = None
+
+
+def make_server(
+    host: str, port: int, render: Render, healthy: Check, ready: Check, **options: Any
+) -> ThreadingHTTPServer:
+    """A server for ``host:port`` ("" for every address, IPv6 and IPv4), not yet serving;
+    ``options`` are :class:`Options`' fields."""
+    settings = Options(**options)
     if host:
         cls = _Server6 if ":" in host else _Server
-        return cls((host, port), render, healthy, ready, **limits)
+        return cls((host, port), render, healthy, ready, settings)
     try:
-        return _Server6(("::", port), render, healthy, ready, **limits)
+        return _Server6(("::", port), render, healthy, ready, settings)
     except OSError as exc:
         if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             raise
-        return _Server(("0.0.0.0", port), render, healthy, ready, **limits)
+        return _Server(("0.0.0.0", port), render, healthy, ready, settings)
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
