@@ -318,7 +318,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
-        authorize = self.server.authorize
+        tls, authorize = self.server.tls, self.server.authorize
+        if path == "/metrics" and tls is not None and tls.client_certificates:
+            connection: Any = self.connection  # an ssl.SSLSocket with TLS
+            if not connection.getpeercert():  # verified in the handshake when presented
+                return 403, TEXT, b"a client certificate is required\n"
         if path == "/metrics" and authorize is not None:
             status, reason = authorize(self.headers.get("Authorization"), path)
             if status != 200:

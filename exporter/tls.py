@@ -24,13 +24,16 @@ CHECK_EVERY_SECONDS = 1.0
 
 
 def load_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or later; client certificates required when a CA is given."""
+    """A server context: TLS 1.2 or later. With a client CA, a certificate the client
+    presents must be signed by it (or the handshake fails); whether one is needed at
+    all is decided per path (exporter.server): /metrics needs one, the health
+    endpoints do not, so the kubelet's HTTPS probes work without one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     if client_ca is not None:
         context.load_verify_locations(cafile=client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -38,6 +41,7 @@ class TlsFiles:
     """The current server context, reloaded when its files change."""
 
     def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
+        self.client_certificates = client_ca is not None  # required for /metrics
         self.paths = [p for p in (cert, key, client_ca) if p is not None]
         self._cert, self._key, self._client_ca = cert, key, client_ca
         self._lock = threading.Lock()

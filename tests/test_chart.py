@@ -28,11 +28,15 @@ from pydantic import ValidationError
 from exporter.config import (
     SELECTOR_REQUIREMENT,
     ConfigError,
+    DiscoveryMode,
     ExternalTarget,
+    MetricsAuth,
     Settings,
     load_settings,
     normalise_ip,
+    split_listen_address,
 )
+from exporter.tls import TlsFiles
 
 from .conftest import ROOT
 
@@ -52,6 +56,24 @@ def sets(*values: str) -> list[str]:
     return args
 
 
+TLS = sets("metrics.tls.enabled=true", "metrics.tls.secretName=npe-tls")
+MONITORS = sets("serviceMonitor.enabled=true", "podMonitor.enabled=true")
+CLIENT_AUTH = sets(
+    "metrics.tls.clientAuth.enabled=true",
+    "metrics.tls.clientAuth.clientSecretName=prometheus-client",
+)
+AUTH = sets("metrics.auth.kubernetes=true", "podMonitor.bearerTokenSecret.name=prometheus-token")
+RAW = sets("icmp.mode=raw")
+FILE_DISCOVERY = sets(
+    "discovery.mode=file",
+    'json:discovery.peers=[{"name":"node-a","ipAddress":"10.0.0.1"},'
+    '{"name":"node-b","ipAddress":"fd00::2"}]',
+)
+OWN_TLS_CONFIG = {
+    "ca": {"configMap": {"name": "my-ca", "key": "ca.pem"}},
+    "serverName": "npe.example",
+}
+
 MATRIX: dict[str, list[str]] = {
     "defaults": [],
     "textfile": sets("output=textfile"),
@@ -64,11 +86,7 @@ MATRIX: dict[str, list[str]] = {
     ),
     "raw mode": sets("icmp.mode=raw"),
     "auto mode with ping_group_range init": sets("icmp.mode=auto", "icmp.setPingGroupRange=true"),
-    "file discovery": sets(
-        "discovery.mode=file",
-        'json:discovery.peers=[{"name":"node-a","ipAddress":"10.0.0.1"},'
-        '{"name":"node-b","ipAddress":"fd00::2"}]',
-    ),
+    "file discovery": FILE_DISCOVERY,
     "all monitors off": sets(
         "serviceMonitor.enabled=false",
         "podMonitor.enabled=false",
@@ -97,6 +115,30 @@ MATRIX: dict[str, list[str]] = {
         'json:extraEnv=[{"name":"FOO","value":"bar"}]',
         'json:imagePullSecrets=[{"name":"registry"}]',
     ),
+    # The endpoint's protection (chart README, "What is exposed").
+    "metrics on every address": sets("metrics.bindHostIP=false"),
+    "tls": [*TLS, *MONITORS, *sets("metrics.tls.serverName=metrics.example.internal")],
+    "tls with client certificates, raw mode": [*TLS, *MONITORS, *CLIENT_AUTH, *RAW],
+    "tls, a client ca of its own, own tlsConfig": [
+        *TLS,
+        *MONITORS,
+        *sets(
+            "metrics.tls.clientAuth.enabled=true",
+            "metrics.tls.clientAuth.caSecretName=npe-client-ca",
+            f"json:serviceMonitor.tlsConfig={json.dumps(OWN_TLS_CONFIG)}",
+            f"json:podMonitor.tlsConfig={json.dumps(OWN_TLS_CONFIG)}",
+        ),
+    ],
+    "kubernetes auth over tls, file discovery": [*TLS, *MONITORS, *AUTH, *FILE_DISCOVERY],
+    "kubernetes auth without tls, allowed, token secrets": [
+        *MONITORS,
+        *AUTH,
+        *sets(
+            "metrics.auth.allowInsecure=true",
+            "serviceMonitor.bearerTokenSecret.name=prometheus-token",
+            "serviceMonitor.bearerTokenSecret.key=sa-token",
+        ),
+    ],
 }
 
 
@@ -178,27 +220,138 @@ def test_render_and_validate(case: str) -> None:
                     ) from None
 
 
+# What the downward API gives the agent's environment in the tests: an IPv4 and an IPv6
+# node (status.hostIP is the node's primary address).
+HOST_IPS = ["10.0.0.1", "fd00::1"]
+
+
+def agent_container(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DaemonSet's pod spec and its agent container."""
+    (daemonset,) = by_kind(objects, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    (agent,) = [c for c in spec["containers"] if c["name"] == "agent"]
+    return spec, agent
+
+
+def container_environment(container: dict[str, Any], host_ip: str) -> dict[str, str]:
+    """The container's environment as the kubelet makes it: fieldRefs resolved and
+    $(NAME) expanded from the variables before it."""
+    fields = {"spec.nodeName": "node-a", "status.hostIP": host_ip, "status.podIP": host_ip}
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
+        else:
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+@pytest.fixture(scope="module")
+def tls_secret(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The data of a kubernetes.io/tls Secret: a self-signed certificate, its own CA."""
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=npe", "-keyout", str(folder / "k"), "-out", str(folder / "c")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cert = (folder / "c").read_bytes()
+    return {"tls.crt": cert, "tls.key": (folder / "k").read_bytes(), "ca.crt": cert}
+
+
+def mount_locally(
+    objects: list[dict[str, Any]], secret: dict[str, bytes], folder: Path
+) -> dict[str, Path]:
+    """The agent container's ConfigMap and Secret volumes as local folders (every Secret
+    holding ``secret``'s keys): {mountPath: folder}."""
+    spec, agent = agent_container(objects)
+    configmaps = {o["metadata"]["name"]: o["data"] for o in by_kind(objects, "ConfigMap")}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {}
+    for mount in agent["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        local = folder / mount["name"]
+        if "configMap" in volume:
+            data = {k: v.encode() for k, v in configmaps[volume["configMap"]["name"]].items()}
+        elif "secret" in volume:
+            data = dict(secret)
+        else:
+            continue  # a host directory: not the agent's configuration
+        items = volume.get("configMap", volume.get("secret", {})).get("items")
+        if items:
+            data = {item["path"]: data[item["key"]] for item in items}
+        local.mkdir()
+        for name, content in data.items():
+            (local / name).write_bytes(content)
+        mounts[mount["mountPath"]] = local
+    return mounts
+
+
+def local_path(path: Path, mounts: dict[str, Path]) -> Path:
+    """A path in the container as the local file behind its volume mount."""
+    for mount_path, local in mounts.items():
+        if path.is_relative_to(mount_path):
+            return local / path.relative_to(mount_path)
+    raise AssertionError(f"{path} is on no volume of the agent container")
+
+
+@pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize("case", list(MATRIX))
 def test_the_agent_accepts_the_rendered_config(
-    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_secret: dict[str, bytes]
 ) -> None:
-    """The chart's config.yaml (and peers file) load in the agent's own settings model."""
-    helm_binaries()
-    objects = render(MATRIX[case])
-    (configmap,) = [o for o in by_kind(objects, "ConfigMap") if "config.yaml" in o["data"]]
-    config = tmp_path / "config.yaml"
-    config.write_text(configmap["data"]["config.yaml"])
-    for name in list(os.environ):
-        if name.startswith("NODE_PING_"):
-            monkeypatch.delenv(name)
-    settings = load_settings(["--config", str(config)], {})
-    assert settings.listen_address == ":9798"
-    if "nodes.json" in configmap["data"]:
-        from exporter.discovery.file import parse_peers
+    """The agent's settings from the container as rendered (its args, the config file on
+    its volume, its environment from the downward API) load in the agent's own settings
+    model, and the certificate files it is pointed at are where the Secret's keys are
+    mounted and load as a server context."""
+    args = MATRIX[case]
+    for helm in helm_binaries():
+        objects = render(args, helm)
+        spec, agent = agent_container(objects)
+        for host_ip in HOST_IPS:
+            folder = tmp_path / f"{helm.name}-{host_ip.replace(':', '_')}"
+            folder.mkdir()
+            mounts = mount_locally(objects, tls_secret, folder)
+            argv = [
+                f"--config={local_path(Path(a.removeprefix('--config=')), mounts)}"
+                if a.startswith("--config=")
+                else a
+                for a in agent["args"]
+            ]
+            for name, value in container_environment(agent, host_ip).items():
+                monkeypatch.setenv(name, value)
+            settings = load_settings(argv, {})
 
-        nodes = parse_peers(configmap["data"]["nodes.json"].encode(), Path("nodes.json"))
-        assert [n.name for n in nodes] == ["node-a", "node-b"]
-        assert str(settings.peers_file) == "/etc/node-ping-exporter/nodes.json"
+            on_host_ip = spec["hostNetwork"] and "metrics.bindHostIP=false" not in args
+            wanted = (host_ip, 9798) if on_host_ip else ("", 9798)
+            assert split_listen_address(settings.listen_address) == wanted, settings.listen_address
+            assert settings.node_name == "node-a"
+            assert settings.metrics_auth == (
+                MetricsAuth.KUBERNETES
+                if "metrics.auth.kubernetes=true" in args
+                else MetricsAuth.NONE
+            )
+            assert (settings.tls_cert_file is not None) == ("metrics.tls.enabled=true" in args)
+            assert (settings.tls_client_ca_file is not None) == (
+                "metrics.tls.clientAuth.enabled=true" in args
+            )
+            if settings.tls_cert_file and settings.tls_key_file:
+                ca = settings.tls_client_ca_file
+                TlsFiles(
+                    local_path(settings.tls_cert_file, mounts),
+                    local_path(settings.tls_key_file, mounts),
+                    local_path(ca, mounts) if ca else None,
+                )  # raises ConfigError if they do not load
+            if settings.discovery is DiscoveryMode.FILE:
+                from exporter.discovery.file import parse_peers
+
+                peers_file = local_path(settings.peers_file, mounts)
+                nodes = parse_peers(peers_file.read_bytes(), peers_file)
+                assert [n.name for n in nodes] == ["node-a", "node-b"]
 
 
 def pod_security(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -243,6 +396,240 @@ def test_rbac_only_reads_nodes_and_file_mode_has_none() -> None:
     assert not by_kind(file_mode, "ClusterRole") and not by_kind(file_mode, "ClusterRoleBinding")
     (account,) = by_kind(file_mode, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_bind_host_ip_sets_the_listen_address_from_the_downward_api() -> None:
+    """By default the agent listens on status.hostIP only; the probes name no host, so
+    the kubelet uses the pod IP: the node's own address under hostNetwork, the one
+    the agent listens on."""
+    for helm in helm_binaries():
+        _, agent = agent_container(render(sets("port=9100"), helm))
+        env = env_of(agent)
+        assert env["HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+        assert env["NODE_PING_LISTEN_ADDRESS"] == "$(HOST_IP):9100"
+        names = [e["name"] for e in agent["env"]]
+        assert names.index("HOST_IP") < names.index("NODE_PING_LISTEN_ADDRESS")  # expansion order
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert "host" not in agent[probe]["httpGet"]
+            assert agent[probe]["httpGet"]["port"] == "metrics"
+        for off in ("metrics.bindHostIP=false", "hostNetwork=false"):  # every address / pod IP
+            _, agent = agent_container(render(sets(off), helm))
+            assert not {"HOST_IP", "NODE_PING_LISTEN_ADDRESS"} & set(env_of(agent)), off
+
+
+def test_tls_mounts_the_secret_and_probes_https() -> None:
+    for helm in helm_binaries():
+        objects = render([*TLS, *MONITORS], helm)
+        spec, agent = agent_container(objects)
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+        assert volume["secret"] == {"secretName": "npe-tls", "defaultMode": 0o440}
+        (mount,) = [m for m in agent["volumeMounts"] if m["name"] == "tls"]
+        assert mount == {"name": "tls", "mountPath": "/tls", "readOnly": True}
+        # uid/gid 65534 reads the 0440 files through the pod's fsGroup
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"] == 65534
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            assert agent[probe]["httpGet"] == {"path": path, "port": "metrics", "scheme": "HTTPS"}
+        config = yaml.safe_load(rendered_config(helm_template([*TLS], helm)))
+        assert (config["tls_cert_file"], config["tls_key_file"]) == ("/tls/tls.crt", "/tls/tls.key")
+        assert "tls_client_ca_file" not in config
+        # root (raw mode) reads them as their owner: no fsGroup needed
+        spec, _ = agent_container(render([*TLS, *RAW], helm))
+        assert "fsGroup" not in spec["securityContext"]
+        # and without TLS: plain HTTP probes, no Secret, no fsGroup
+        spec, agent = agent_container(render([], helm))
+        assert agent["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+        assert [v["name"] for v in spec["volumes"]] == ["config"]
+        assert "fsGroup" not in spec["securityContext"]
+
+
+def test_client_certificates_keep_https_probes() -> None:
+    """The kubelet has no client certificate, and the agent asks for one only on
+    /metrics: with clientAuth the probes stay HTTPS GETs of the health endpoints.
+    The client CA is the serving Secret's ca.crt, or that of a Secret of its own."""
+    same_ca = MATRIX["tls with client certificates, raw mode"]
+    own_ca = MATRIX["tls, a client ca of its own, own tlsConfig"]
+    for helm in helm_binaries():
+        _, agent = agent_container(render(same_ca, helm))
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert agent[probe]["httpGet"]["scheme"] == "HTTPS"
+            assert "tcpSocket" not in agent[probe]
+        config = yaml.safe_load(rendered_config(helm_template(same_ca, helm)))
+        assert config["tls_client_ca_file"] == "/tls/ca.crt"
+        spec, agent = agent_container(render(own_ca, helm))
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "tls-client-ca"]
+        assert volume["secret"] == {
+            "secretName": "npe-client-ca",
+            "defaultMode": 0o440,
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        mount = {"name": "tls-client-ca", "mountPath": "/tls-client-ca", "readOnly": True}
+        assert mount in agent["volumeMounts"]
+        config = yaml.safe_load(rendered_config(helm_template(own_ca, helm)))
+        assert config["tls_client_ca_file"] == "/tls-client-ca/ca.crt"
+
+
+def endpoint_security(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """How a monitor's endpoint connects: its scheme, tlsConfig and token."""
+    (monitor,) = by_kind(objects, kind)
+    field = "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
+    (endpoint,) = monitor["spec"][field]
+    keys = ("scheme", "tlsConfig", "bearerTokenFile", "authorization", "bearerTokenSecret")
+    return {k: endpoint[k] for k in keys if k in endpoint}
+
+
+CA = {"ca": {"secret": {"name": "npe-tls", "key": "ca.crt"}}}
+CLIENT_CERT = {
+    "cert": {"secret": {"name": "prometheus-client", "key": "tls.crt"}},
+    "keySecret": {"name": "prometheus-client", "key": "tls.key"},
+}
+SERVICE_NAME = "npe-node-ping-exporter.kube-prometheus.svc"
+TOKEN_FILE = {"bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+
+
+def token_secret(key: str = "token") -> dict[str, Any]:
+    credentials = {"name": "prometheus-token", "key": key}
+    return {"authorization": {"type": "Bearer", "credentials": credentials}}
+
+
+# values -> (ServiceMonitor endpoint, PodMonitor endpoint): scheme, tlsConfig and token
+MONITOR_MODES: list[tuple[list[str], dict[str, Any], dict[str, Any]]] = [
+    (MONITORS, {"scheme": "http"}, {"scheme": "http"}),
+    (
+        MATRIX["tls"],
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": "metrics.example.internal"}},
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": "metrics.example.internal"}},
+    ),
+    (  # the default serverName: the Service's name, whichever monitor
+        [*TLS, *MONITORS],
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME}},
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME}},
+    ),
+    (
+        [*TLS, *MONITORS, *sets("fullnameOverride=npe", "namespaceOverride=monitoring")],
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": "npe.monitoring.svc"}},
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": "npe.monitoring.svc"}},
+    ),
+    (
+        MATRIX["tls with client certificates, raw mode"],
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME, **CLIENT_CERT}},
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME, **CLIENT_CERT}},
+    ),
+    (
+        MATRIX["tls, a client ca of its own, own tlsConfig"],
+        {"scheme": "https", "tlsConfig": OWN_TLS_CONFIG},
+        {"scheme": "https", "tlsConfig": OWN_TLS_CONFIG},
+    ),
+    (
+        MATRIX["kubernetes auth over tls, file discovery"],
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME}, **TOKEN_FILE},
+        {"scheme": "https", "tlsConfig": {**CA, "serverName": SERVICE_NAME}, **token_secret()},
+    ),
+    (
+        MATRIX["kubernetes auth without tls, allowed, token secrets"],
+        {"scheme": "http", **token_secret("sa-token")},
+        {"scheme": "http", **token_secret()},
+    ),
+]
+
+
+@pytest.mark.parametrize("index", range(len(MONITOR_MODES)))
+def test_monitors_connect_as_the_agent_serves(index: int) -> None:
+    args, service_monitor, pod_monitor = MONITOR_MODES[index]
+    for helm in helm_binaries():
+        objects = render(args, helm)
+        assert endpoint_security(objects, "ServiceMonitor") == service_monitor, helm.name
+        assert endpoint_security(objects, "PodMonitor") == pod_monitor, helm.name
+
+
+def auth_delegator_bindings(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in by_kind(objects, "ClusterRoleBinding")
+        if o["roleRef"]["name"] == "system:auth-delegator"
+    ]
+
+
+def test_auth_delegator_binding_only_with_kubernetes_auth() -> None:
+    """metrics.auth.kubernetes binds the agent's ServiceAccount to system:auth-delegator
+    (create tokenreviews and subjectaccessreviews) and mounts its token, in file
+    discovery mode too (which otherwise has neither); nothing else has the binding."""
+    for helm in helm_binaries():
+        for case in MATRIX:
+            bindings = auth_delegator_bindings(render(MATRIX[case], helm))
+            assert bool(bindings) == ("metrics.auth.kubernetes=true" in MATRIX[case]), case
+        objects = render([*TLS, *AUTH, *FILE_DISCOVERY], helm)
+        (binding,) = auth_delegator_bindings(objects)
+        assert binding["metadata"]["name"] == "npe-node-ping-exporter-auth-delegator"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:auth-delegator",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "npe-node-ping-exporter", "namespace": NAMESPACE}
+        ]
+        assert not by_kind(objects, "ClusterRole")  # file mode: still no access to nodes
+        (account,) = by_kind(objects, "ServiceAccount")
+        assert account["automountServiceAccountToken"] is True
+        spec, _ = agent_container(objects)
+        assert spec["automountServiceAccountToken"] is True
+        # both bindings side by side in kubernetes mode, none with rbac.create=false
+        objects = render([*TLS, *AUTH], helm)
+        assert len(by_kind(objects, "ClusterRoleBinding")) == 2
+        assert not by_kind(render([*TLS, *AUTH, "--set", "rbac.create=false"], helm),
+                           "ClusterRoleBinding")  # fmt: skip
+
+
+def render_notes(args: list[str], helm: Path, tmp_path: Path) -> str:
+    """NOTES.txt as `helm install` prints it (helm template leaves it out): rendered on a
+    copy of the chart where it is a named template, printed through a ConfigMap."""
+    chart = tmp_path / f"chart-{helm.name}"
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        notes = chart / "templates" / "NOTES.txt"
+        (chart / "templates" / "_notes.tpl").write_text(
+            '{{- define "test.notes" -}}\n' + notes.read_text() + "{{- end }}\n"
+        )
+        notes.unlink()
+        (chart / "templates" / "notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+            'data: {notes: {{ include "test.notes" . | toJson }}}\n'
+        )
+    objects = [d for d in yaml.safe_load_all(helm_template(args, helm, chart)) if d]
+    (configmap,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "notes"]
+    return str(configmap["data"]["notes"])
+
+
+def test_notes_say_what_is_exposed(tmp_path: Path) -> None:
+    for helm in helm_binaries():
+        notes = " ".join(render_notes([], helm, tmp_path).split())
+        assert "port 9798 (/metrics, /healthz, /readyz) on each node's own address" in notes
+        assert "over plain HTTP" in notes
+        assert "every node's name and InternalIP and the loss and RTT between them" in notes
+        assert "To protect it: metrics.tls.enabled=true" in notes
+        assert "NetworkPolicy does not apply to hostNetwork pods" in notes
+        notes = " ".join(render_notes(sets("metrics.bindHostIP=false"), helm, tmp_path).split())
+        assert "on EVERY address of every node, public ones too" in notes
+        notes = " ".join(render_notes(MATRIX["tls"], helm, tmp_path).split())
+        assert "over HTTPS with the certificate in Secret npe-tls." in notes
+        assert "/metrics needs no credentials" in notes
+        assert "To require authorization too: metrics.auth.kubernetes=true" in notes
+        notes = " ".join(
+            render_notes(MATRIX["kubernetes auth over tls, file discovery"], helm, tmp_path).split()
+        )
+        assert "over HTTPS with the certificate in Secret npe-tls" in notes
+        assert "only a bearer token that the API server accepts" in notes
+        assert "npe-node-ping-exporter-auth-delegator" in notes
+        assert "To protect it" not in notes and "WARNING" not in notes
+        notes = " ".join(
+            render_notes(MATRIX["kubernetes auth without tls, allowed, token secrets"], helm,
+                         tmp_path).split()
+        )  # fmt: skip
+        assert "WARNING (metrics.auth.allowInsecure)" in notes
 
 
 def test_monitors_carry_the_release_label_and_the_relabelings() -> None:
@@ -387,6 +774,38 @@ BAD_HOST_PATHS = [
     "",
 ]
 
+# The rules across metrics.* values (npe.checkMetrics): values -> the message.
+CROSS_VALUE_RULES: list[tuple[list[str], str]] = [
+    (sets("metrics.tls.enabled=true"), "metrics.tls.enabled=true needs metrics.tls.secretName"),
+    (
+        sets("metrics.auth.kubernetes=true"),
+        "metrics.auth.kubernetes=true without metrics.tls.enabled=true would send Prometheus' "
+        "ServiceAccount token over plain HTTP",
+    ),
+    (
+        sets("metrics.auth.kubernetes=true", "metrics.tls.enabled=true"),
+        "metrics.tls.enabled=true needs metrics.tls.secretName",
+    ),
+    (
+        sets("metrics.tls.clientAuth.enabled=true"),
+        "metrics.tls.clientAuth.enabled=true needs metrics.tls.enabled=true",
+    ),
+    (
+        [*TLS, *sets("metrics.tls.clientAuth.enabled=true", "podMonitor.enabled=true")],
+        "metrics.tls.clientAuth.enabled=true with podMonitor.enabled=true needs "
+        "metrics.tls.clientAuth.clientSecretName",
+    ),
+    (
+        [*TLS, *sets("metrics.tls.clientAuth.enabled=true", "serviceMonitor.enabled=true")],
+        "with serviceMonitor.enabled=true needs metrics.tls.clientAuth.clientSecretName",
+    ),
+    (
+        [*TLS, *sets("metrics.auth.kubernetes=true", "podMonitor.enabled=true")],
+        "metrics.auth.kubernetes=true with podMonitor.enabled=true needs "
+        "podMonitor.bearerTokenSecret.name",
+    ),
+]
+
 BAD_VALUES: list[tuple[list[str], str]] = [
     (["--set", "icmp.mode=rw"], "at '/icmp/mode': value must be one of"),
     (["--set", "output=syslog"], "at '/output': value must be one of"),
@@ -490,6 +909,28 @@ BAD_VALUES: list[tuple[list[str], str]] = [
     (["--set-json", 'textfile.prefix=".hidden"'], "at '/textfile/prefix'"),
     (["--set-json", 'textfile.prefix="a/b"'], "at '/textfile/prefix'"),
     (["--set-json", f'textfile.prefix="{"p" * 65}"'], "at '/textfile/prefix'"),
+    # the endpoint's protection: each value alone (schema) ...
+    (["--set", "metrics.bindHostIP=yes"], "at '/metrics/bindHostIP'"),
+    (["--set", "metrics.tls.enabled=1"], "at '/metrics/tls/enabled'"),
+    (["--set", "metrics.tls.secretName=My_TLS"], "at '/metrics/tls/secretName'"),
+    (["--set", "metrics.tls.serverName=-npe.example"], "at '/metrics/tls/serverName'"),
+    (["--set", "metrics.tls.clientAuth=true"], "at '/metrics/tls/clientAuth'"),
+    (
+        ["--set", "metrics.tls.clientAuth.caSecretName=CA"],
+        "at '/metrics/tls/clientAuth/caSecretName'",
+    ),
+    (["--set", "podMonitor.bearerTokenSecret.key=a/b"], "at '/podMonitor/bearerTokenSecret/key'"),
+    (["--set", "serviceMonitor.tlsConfig=x"], "at '/serviceMonitor/tlsConfig'"),
+    (["--set", "metrics.tls.secret=npe-tls"], "additional properties 'secret' not allowed"),
+    (["--set", "metrics.auth.enabled=true"], "additional properties 'enabled' not allowed"),
+    (["--set", "metrics.bindHostIp=false"], "additional properties 'bindHostIp' not allowed"),
+    (["--set", "podMonitor.bearerTokenSecret.namespace=x"], "additional properties 'namespace'"),
+    # ... and together: the template's rules, with or without the schema
+    *[
+        ([*skip, *args], message)
+        for skip in ([], ["--skip-schema-validation"])
+        for args, message in CROSS_VALUE_RULES
+    ],
 ]
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .test_chart import HELM3, helm_template, sets
+from .test_chart import (
+    AUTH,
+    CLIENT_AUTH,
+    FILE_DISCOVERY,
+    HELM3,
+    MONITORS,
+    TLS,
+    helm_template,
+    sets,
+)
 
 CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
 ALWAYS = {"CKV_K8S_19", "CKV_K8S_11", "CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}
@@ -46,6 +55,16 @@ CONFIGURATIONS: dict[str, tuple[list[str], set[str]]] = {
     "file discovery, digest": (
         sets("discovery.mode=file", "image.digest=sha256:" + "b" * 64),
         ALWAYS - {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15"},
+    ),
+    # the endpoint's protection: a Secret volume, fsGroup, HTTPS probes, the
+    # auth-delegator binding; file discovery mounts the token again (token reviews)
+    "tls, client certificates, kubernetes auth, monitors": (
+        [*TLS, *CLIENT_AUTH, *AUTH, *MONITORS],
+        ALWAYS,
+    ),
+    "file discovery with kubernetes auth over tls, digest": (
+        [*TLS, *AUTH, *FILE_DISCOVERY, *sets("image.digest=sha256:" + "b" * 64)],
+        ALWAYS - {"CKV_K8S_43", "CKV_K8S_15"},
     ),
 }
 

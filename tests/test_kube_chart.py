@@ -9,6 +9,8 @@ Pods stay Pending: there is no kubelet. Everything else is the real thing.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,13 +198,18 @@ def review(
     resource: str,
     namespace: str = "",
     subresource: str = "",
+    group: str = "",
 ) -> bool:
-    """SubjectAccessReview: may ``user`` do ``verb`` on ``resource``?"""
+    """SubjectAccessReview: may ``user`` do ``verb`` on ``resource`` (of API ``group``)?"""
     from kubernetes import client
 
     api = client.AuthorizationV1Api(plane.api_client())
     attributes = client.V1ResourceAttributes(
-        verb=verb, resource=resource, namespace=namespace or None, subresource=subresource or None
+        verb=verb,
+        resource=resource,
+        namespace=namespace or None,
+        subresource=subresource or None,
+        group=group or None,
     )
     spec = client.V1SubjectAccessReviewSpec(user=user, resource_attributes=attributes)
     answer = api.create_subject_access_review(client.V1SubjectAccessReview(spec=spec))
@@ -323,3 +330,155 @@ def pod_node(pod: Any) -> str:
     assert field.key == "metadata.name" and field.operator == "In"
     (name,) = field.values
     return str(name)
+
+
+def tls_secret_data(folder: Path, dns_name: str) -> dict[str, str]:
+    """A kubernetes.io/tls Secret's stringData: a self-signed certificate for
+    ``dns_name`` (its own CA, so ca.crt is tls.crt)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=node-ping-exporter", "-addext", f"subjectAltName=DNS:{dns_name}",
+         "-keyout", str(folder / "tls.key"), "-out", str(folder / "tls.crt")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cert, key = (folder / "tls.crt").read_text(), (folder / "tls.key").read_text()
+    return {"tls.crt": cert, "tls.key": key, "ca.crt": cert}
+
+
+REVIEWS = [  # what system:auth-delegator grants: (verb, resource, API group)
+    ("create", "tokenreviews", "authentication.k8s.io"),
+    ("create", "subjectaccessreviews", "authorization.k8s.io"),
+]
+
+
+@pytest.mark.parametrize("helm", ["helm3", "helm4"])
+def test_metrics_auth_binds_the_agent_to_auth_delegator(
+    plane: ControlPlane, helm: str, tmp_path: Path
+) -> None:
+    """metrics.auth.kubernetes over TLS, in file discovery mode (no ClusterRole of its
+    own): the API server takes the DaemonSet with the TLS Secret mounted and the
+    monitors with their tlsConfig and tokens; the agent's ServiceAccount may create
+    token and access reviews, which is all the agent's authorizer needs to tell a
+    scraper allowed /metrics from one that is not, with that account's real token;
+    an upgrade with auth off removes the binding, and the authorizer then refuses."""
+    if not (ROOT / ".cache" / "bin" / helm).exists():
+        pytest.skip(f"{helm} is not built (scripts/install-tools.sh)")
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command")
+    from kubernetes import client, config
+
+    from exporter.auth import KubernetesAuthorizer
+
+    api_client = plane.api_client()
+    core: Any = client.CoreV1Api(api_client)
+    rbac: Any = client.RbacAuthorizationV1Api(api_client)
+    release = f"npe-auth-{helm}"
+    account = f"{release}-node-ping-exporter"
+    user = f"system:serviceaccount:{NAMESPACE}:{account}"
+    secret = f"{release}-tls"
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    except client.exceptions.ApiException as exc:
+        if exc.status != 409:
+            raise
+    data = tls_secret_data(tmp_path, f"{account}.{NAMESPACE}.svc")
+    core.create_namespaced_secret(
+        NAMESPACE,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=secret), type="kubernetes.io/tls", string_data=data
+        ),
+    )
+    values = [
+        "--set", "discovery.mode=file",
+        "--set-json", 'discovery.peers=[{"name":"a","ipAddress":"198.18.0.1"}]',
+        "--set", "metrics.tls.enabled=true", "--set", f"metrics.tls.secretName={secret}",
+        "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
+        "--set", "podMonitor.bearerTokenSecret.name=prometheus-token",
+    ]  # fmt: skip
+    # A scraper with kube-prometheus-stack's rule for Prometheus, and one without it.
+    scraper_role = f"{release}-scraper"
+    for name in ("scraper", "stranger"):
+        core.create_namespaced_service_account(
+            NAMESPACE,
+            client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=f"{release}-{name}")),
+        )
+    rbac.create_cluster_role(
+        client.V1ClusterRole(
+            metadata=client.V1ObjectMeta(name=scraper_role),
+            rules=[client.V1PolicyRule(non_resource_urls=["/metrics"], verbs=["get"])],
+        )
+    )
+    rbac.create_cluster_role_binding(
+        client.V1ClusterRoleBinding(
+            metadata=client.V1ObjectMeta(name=scraper_role),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=scraper_role
+            ),
+            subjects=[
+                client.RbacV1Subject(
+                    kind="ServiceAccount", name=f"{release}-scraper", namespace=NAMESPACE
+                )
+            ],
+        )
+    )
+    try:
+        out = plane.helm("install", release, str(CHART), "-n", NAMESPACE, *values,
+                         "--set", "metrics.auth.kubernetes=true", helm=helm)  # fmt: skip
+        notes = " ".join(out.split())
+        assert f"over HTTPS with the certificate in Secret {secret}" in notes
+        assert f"ClusterRoleBinding {account}-auth-delegator" in notes
+
+        binding = rbac.read_cluster_role_binding(f"{account}-auth-delegator")
+        assert binding.role_ref.name == "system:auth-delegator"
+        assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+            ("ServiceAccount", account, NAMESPACE)
+        ]
+        for verb, resource, group in REVIEWS:  # RBAC's cache may take a moment
+            wait_for(lambda: review(plane, user, verb, resource, group=group), 10,  # noqa: B023
+                     f"{verb} {resource} allowed")  # fmt: skip
+        assert not review(plane, user, "list", "nodes")  # file discovery: still no nodes
+        assert not review(plane, user, "get", "secrets", namespace=NAMESPACE)
+        assert core.read_namespaced_service_account(
+            account, NAMESPACE
+        ).automount_service_account_token
+
+        apps: Any = client.AppsV1Api(api_client)
+        pod = apps.read_namespaced_daemon_set(account, NAMESPACE).spec.template.spec
+        assert pod.automount_service_account_token is True
+        assert [v.secret.secret_name for v in pod.volumes if v.secret] == [secret]
+        assert pod.security_context.fs_group == 65534
+        probe = pod.containers[0].readiness_probe.http_get
+        assert (probe.scheme, probe.path) == ("HTTPS", "/readyz")
+
+        # The agent's authorizer, with its ServiceAccount's own token, against the API server.
+        kubeconfig = plane.service_account_kubeconfig(
+            NAMESPACE, account, tmp_path / "agent.kubeconfig", server=plane.server, seconds=600
+        )
+        authorizer = KubernetesAuthorizer(
+            config.new_client_from_config(config_file=str(kubeconfig))
+        )
+        scraper = plane.service_account_token(NAMESPACE, f"{release}-scraper", 600)
+        stranger = plane.service_account_token(NAMESPACE, f"{release}-stranger", 600)
+        assert authorizer.check(f"Bearer {scraper}", "/metrics") == (200, "ok")
+        assert authorizer.check(f"Bearer {stranger}", "/metrics")[0] == 403
+        assert authorizer.check("Bearer not-a-token", "/metrics")[0] == 401
+
+        # Auth off: the binding goes, and with it the agent's right to ask.
+        plane.helm("upgrade", release, str(CHART), "-n", NAMESPACE, *values, helm=helm)
+        bindings = rbac.list_cluster_role_binding(label_selector=f"{INSTANCE}={release}").items
+        assert not bindings, [b.metadata.name for b in bindings]
+        for verb, resource, group in REVIEWS:
+            wait_for(lambda: not review(plane, user, verb, resource, group=group), 10,  # noqa: B023
+                     f"{verb} {resource} denied")  # fmt: skip
+        assert not core.read_namespaced_service_account(
+            account, NAMESPACE
+        ).automount_service_account_token
+        fresh = KubernetesAuthorizer(config.new_client_from_config(config_file=str(kubeconfig)))
+        assert fresh.check(f"Bearer {scraper}", "/metrics")[0] == 503  # refused, never open
+    finally:
+        plane.helm("uninstall", release, "-n", NAMESPACE, "--ignore-not-found", helm=helm)
+        core.delete_namespaced_secret(secret, NAMESPACE)
+        for name in ("scraper", "stranger"):
+            core.delete_namespaced_service_account(f"{release}-{name}", NAMESPACE)
+        rbac.delete_cluster_role_binding(scraper_role)
+        rbac.delete_cluster_role(scraper_role)

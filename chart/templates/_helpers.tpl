@@ -139,10 +139,140 @@ external_targets: {{ include "npe.externalTargets" . }}
 resolve_interval: {{ .Values.externalTargetsResolveInterval }}
 icmp_mode: {{ .Values.icmp.mode }}
 output: {{ .Values.output }}
+{{- if include "npe.bindHostIP" . }}
+# metrics.bindHostIP: the DaemonSet's NODE_PING_LISTEN_ADDRESS ($(HOST_IP):{{ .Values.port }}) wins over this
+{{- end }}
 listen_address: ":{{ .Values.port }}"
+{{- if .Values.metrics.tls.enabled }}
+tls_cert_file: {{ include "npe.tlsDir" . }}/tls.crt
+tls_key_file: {{ include "npe.tlsDir" . }}/tls.key
+{{- if .Values.metrics.tls.clientAuth.enabled }}
+tls_client_ca_file: {{ include "npe.clientCAFile" . }}
+{{- end }}
+{{- end }}
+metrics_auth: {{ if .Values.metrics.auth.kubernetes }}kubernetes{{ else }}none{{ end }}
 textfile_dir: /textfile
 textfile_prefix: {{ .Values.textfile.prefix | quote }}
 textfile_interval: {{ .Values.textfile.interval }}
 log_format: {{ .Values.log.format }}
 log_level: {{ .Values.log.level }}
+{{- end }}
+
+{{/* Where the TLS Secrets are mounted in the agent's container. */}}
+{{- define "npe.tlsDir" -}}/tls{{- end }}
+{{- define "npe.clientCADir" -}}/tls-client-ca{{- end }}
+
+{{/* The agent's client CA file (metrics.tls.clientAuth): ca.crt of its own Secret, or of
+    the serving Secret. */}}
+{{- define "npe.clientCAFile" -}}
+{{- if .Values.metrics.tls.clientAuth.caSecretName }}
+{{- include "npe.clientCADir" . }}/ca.crt
+{{- else }}
+{{- include "npe.tlsDir" . }}/ca.crt
+{{- end }}
+{{- end }}
+
+{{/* Does the agent listen on the node's own address (status.hostIP)? Only with hostNetwork:
+    a pod's own network namespace holds nothing but the pod IP and loopback. */}}
+{{- define "npe.bindHostIP" -}}
+{{- if and .Values.metrics.bindHostIP .Values.hostNetwork }}true{{ end }}
+{{- end }}
+
+{{/* Is the ServiceAccount token needed in the pod (kubernetes discovery, or the token and
+    access reviews of metrics.auth.kubernetes)? */}}
+{{- define "npe.needsToken" -}}
+{{- if or (eq .Values.discovery.mode "kubernetes") .Values.metrics.auth.kubernetes }}true{{ end }}
+{{- end }}
+
+{{/* The ClusterRoleBinding to system:auth-delegator (metrics.auth.kubernetes). */}}
+{{- define "npe.authDelegatorName" -}}
+{{- printf "%s-auth-delegator" (include "npe.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The name the monitors expect in the agents' certificate. */}}
+{{- define "npe.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "npe.fullname" .) (include "npe.namespace" .)) .Values.metrics.tls.serverName }}
+{{- end }}
+
+{{/*
+The rules across metrics.* values, as one clear failure each (the schema checks each
+value alone; these also hold with --skip-schema-validation). Included by the DaemonSet.
+*/}}
+{{- define "npe.checkMetrics" -}}
+{{- $tls := .Values.metrics.tls }}
+{{- if and $tls.enabled (not $tls.secretName) }}
+{{- fail "metrics.tls.enabled=true needs metrics.tls.secretName: an existing kubernetes.io/tls Secret in the chart's namespace with tls.crt, tls.key and ca.crt" }}
+{{- end }}
+{{- if and $tls.clientAuth.enabled (not $tls.enabled) }}
+{{- fail "metrics.tls.clientAuth.enabled=true needs metrics.tls.enabled=true: client certificates are part of TLS" }}
+{{- end }}
+{{- if and .Values.metrics.auth.kubernetes (not $tls.enabled) (not .Values.metrics.auth.allowInsecure) }}
+{{- fail "metrics.auth.kubernetes=true without metrics.tls.enabled=true would send Prometheus' ServiceAccount token over plain HTTP, for anyone on the path to reuse against the API server: set metrics.tls.enabled=true and metrics.tls.secretName (or, knowingly, metrics.auth.allowInsecure=true)" }}
+{{- end }}
+{{- if $tls.clientAuth.enabled }}
+{{- range $kind, $monitor := dict "serviceMonitor" .Values.serviceMonitor "podMonitor" .Values.podMonitor }}
+{{- if and $monitor.enabled (not $monitor.tlsConfig) (not $tls.clientAuth.clientSecretName) }}
+{{- fail (printf "metrics.tls.clientAuth.enabled=true with %s.enabled=true needs metrics.tls.clientAuth.clientSecretName (a kubernetes.io/tls Secret with the client certificate Prometheus presents), or %s.tlsConfig" $kind $kind) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.metrics.auth.kubernetes .Values.podMonitor.enabled (not .Values.podMonitor.bearerTokenSecret.name) }}
+{{- fail "metrics.auth.kubernetes=true with podMonitor.enabled=true needs podMonitor.bearerTokenSecret.name: a PodMonitor cannot send Prometheus' own ServiceAccount token (no bearerTokenFile); name a Secret holding a token of Prometheus' ServiceAccount (see the chart README), or use serviceMonitor" }}
+{{- end }}
+{{- end }}
+
+{{/*
+How a monitor's endpoint connects, from metrics.tls and metrics.auth: scheme and
+tlsConfig, and the token Prometheus sends. Called with (dict "root" $ "monitor"
+.Values.serviceMonitor "kind" "ServiceMonitor").
+*/}}
+{{- define "npe.endpointSecurity" -}}
+{{- $root := .root }}
+{{- $monitor := .monitor }}
+{{- $tls := $root.Values.metrics.tls }}
+{{- if $tls.enabled }}
+scheme: https
+tlsConfig:
+  {{- if $monitor.tlsConfig }}
+  {{- toYaml $monitor.tlsConfig | nindent 2 }}
+  {{- else }}
+  ca:
+    secret:
+      name: {{ $tls.secretName }}
+      key: ca.crt
+  serverName: {{ include "npe.tlsServerName" $root }}
+  {{- if $tls.clientAuth.enabled }}
+  cert:
+    secret:
+      name: {{ $tls.clientAuth.clientSecretName }}
+      key: tls.crt
+  keySecret:
+    name: {{ $tls.clientAuth.clientSecretName }}
+    key: tls.key
+  {{- end }}
+  {{- end }}
+{{- else }}
+scheme: http
+{{- end }}
+{{- if $root.Values.metrics.auth.kubernetes }}
+{{- if $monitor.bearerTokenSecret.name }}
+authorization:
+  type: Bearer
+  credentials:
+    name: {{ $monitor.bearerTokenSecret.name }}
+    key: {{ $monitor.bearerTokenSecret.key }}
+{{- else if eq .kind "ServiceMonitor" }}
+bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A kubelet probe of the agent: HTTP, or HTTPS with metrics.tls (the kubelet does not
+    check the certificate; the health endpoints need no client certificate even with
+    metrics.tls.clientAuth, only /metrics does). */}}
+{{- define "npe.probeAction" -}}
+httpGet:
+  path: {{ .path }}
+  port: metrics
+  scheme: {{ if .root.Values.metrics.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
