@@ -16,6 +16,8 @@ RUN python3 -m venv /opt/node-ping-exporter
 ENV PATH=/opt/node-ping-exporter/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements.txt /src/requirements.txt
 RUN pip install --only-binary=:all: -r /src/requirements.txt
+# The agent alone: the lab is its own distribution (lab/pyproject.toml) and never
+# enters the build context (.dockerignore); build-image.sh checks the result.
 COPY pyproject.toml README.md /src/
 COPY exporter /src/exporter
 # Strip native extensions (uvloop ships 14 MB of symbols); compile the bytecode

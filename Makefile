@@ -7,10 +7,13 @@ LISTEN ?= 127.0.0.1:9798
 .PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down demo bench \
 	image sync-chart clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The agent, and the lab as a distribution of its own (lab/pyproject.toml): two
+# installs, so that the agent's never carries the lab's commands.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e ./lab
 	touch $@
 
 .cache/system-deps: scripts/install-system-deps.sh
@@ -63,7 +66,7 @@ e2e: deps
 # Only the checks against a real control plane: helm install/upgrade/uninstall,
 # RBAC, the DaemonSet controller, the lab in Kubernetes-discovery mode (root).
 test-kube: deps
-	$(PY) -m pytest tests/test_kube_chart.py tests/test_kube_lab.py
+	$(PY) -m pytest tests/test_kube_chart.py tests/test_kube_lab.py tests/test_kube_auth.py
 
 # A control plane to try things by hand (node-ping-lab up --kubernetes uses it);
 # prints where its admin kubeconfig is. `make controlplane-down` removes it.

@@ -22,9 +22,11 @@ from typing import Any, NoReturn
 
 from exporter.diagnose import DiagnoseError, Prometheus, diagnose, render_text
 
-from .cluster import PROMETHEUS, Lab, LabConfig, LabError, all_labs
+from .cluster import Lab, all_labs
 from .faults import Fault
 from .netns import can_create_namespaces
+from .prometheus import PROMETHEUS
+from .state import LabConfig, LabError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,12 +135,12 @@ class LabPrometheus(Prometheus):
     """diagnose's Prometheus client, querying through the lab's hub namespace."""
 
     def __init__(self, lab: Lab) -> None:
-        super().__init__(f"http://{PROMETHEUS} (in {lab.hub.name})")
+        super().__init__(f"http://{PROMETHEUS} (in {lab.network.hub.name})")
         self.lab = lab
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         try:
-            return self.lab.query(expr)
+            return self.lab.prometheus.query(expr)
         except LabError as exc:
             raise DiagnoseError(str(exc)) from None
 
@@ -156,7 +158,7 @@ def run_demo(lab: Lab, seconds: float) -> None:
     lab.up(LabConfig(nodes=4, output="http"))
     try:
         fault = Fault("inbound", "node-3", percent=30)
-        lab.apply(fault)
+        lab.faults.apply(fault)
         print(
             f"fault: {fault.describe()}; waiting {seconds:.0f}s for Prometheus to see it...",
             flush=True,
@@ -196,23 +198,23 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "fault":
         fault = parse_fault(args)
         if args.flap:
-            lab.flap(fault, args.flap)
+            lab.faults.flap(fault, args.flap)
         else:
-            lab.apply(fault)
+            lab.faults.apply(fault)
         print(
             f"applied: {fault.describe()}"
             + (f", flapping every {args.flap:g}s" if args.flap else "")
         )
     elif args.command == "clear":
-        lab.clear(node=args.node)
+        lab.faults.clear(node=args.node)
     elif args.command == "peers":
         (lab.remove_peer if args.action == "remove" else lab.add_peer)(args.node)
     elif args.command == "agent":
-        {"stop": lab.stop_agent, "start": lab.start_agent, "restart": lab.restart_agent}[
+        {"stop": lab.agents.stop, "start": lab.agents.start, "restart": lab.agents.restart}[
             args.action
         ](args.node)
     elif args.command == "query":
-        print(json.dumps(lab.query(args.expr), indent=1))
+        print(json.dumps(lab.prometheus.query(args.expr), indent=1))
     elif args.command == "matrix":
         print(loss_matrix(lab, args.window))
     elif args.command == "demo":
@@ -220,9 +222,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "flapper":
         fault = Fault.from_json(json.loads(args.fault_json))
         while True:
-            lab.apply(fault)
+            lab.faults.apply(fault)
             time.sleep(args.period)
-            lab.clear(fault=fault)
+            lab.faults.clear(fault=fault)
             time.sleep(args.period)
 
 

@@ -5,7 +5,7 @@ hook): the "network" between the nodes. Whenever the faults change, the lab
 rewrites the whole table from the list of active faults, so applying and
 clearing are the same idempotent operation. Latency is
 not an nftables rule: the node's kernel echo replies are turned off and the
-delayed responder answers instead (see Lab).
+delayed responder answers instead. :class:`Faults` applies them to a running lab.
 
 Loss shapes, chosen so that each points at one culprit:
 
@@ -19,8 +19,17 @@ Loss shapes, chosen so that each points at one culprit:
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from .process import kill_all
+from .responder import ensure_responder
+
+if TYPE_CHECKING:  # lab.state imports Fault from here
+    from .network import Network
+    from .state import LabState, Workdir
 
 TABLE = "npelab"
 FaultKind = Literal["isolate", "inbound", "outbound", "link", "latency"]
@@ -108,3 +117,80 @@ def network_ruleset(faults: list[Fault], addresses: dict[str, list[str]]) -> str
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The active faults of one lab: applied, cleared and flapped under its lock."""
+
+    workdir: Workdir
+    network: Network
+
+    def apply(self, fault: Fault) -> None:
+        with self.workdir.changing() as state:
+            state.config.check_node(fault.node)
+            if fault.peer:
+                state.config.check_node(fault.peer)
+            if fault not in state.faults:
+                state.faults.append(fault)
+            self._sync(state)
+
+    def clear(self, fault: Fault | None = None, node: str | None = None) -> None:
+        """Remove one fault, every fault of a node, or (neither given) all faults; the
+        last two also stop the flappers of those faults."""
+        with self.workdir.changing() as state:
+            if fault is None:
+                stopping = {p for p, nodes in state.flappers.items() if node in (None, *nodes)}
+                kill_all(stopping)
+                for pid in stopping:
+                    del state.flappers[pid]
+            if fault is not None:
+                state.faults = [f for f in state.faults if f != fault]
+            elif node is not None:
+                state.faults = [f for f in state.faults if node not in (f.node, f.peer)]
+            else:
+                state.faults = []
+            self._sync(state)
+
+    def flap(self, fault: Fault, period: float) -> None:
+        """Toggle a fault on and off every ``period`` seconds, until ``clear()``: a
+        process of its own (``node-ping-lab flapper``), so it outlives this call."""
+        with self.workdir.changing() as state:
+            state.config.check_node(fault.node)
+            args = [sys.executable, "-m", "lab.cli", "--name", self.workdir.name, "flapper",
+                    json.dumps(fault.to_json()), str(period)]  # fmt: skip
+            pid = self.workdir.spawn(args, "flapper.log")
+            state.flappers[pid] = [fault.node, *([fault.peer] if fault.peer else [])]
+
+    def _sync(self, state: LabState) -> None:
+        """The hub's table rewritten from ``state.faults``; a delayed responder running
+        in exactly the nodes with a latency fault."""
+        config = state.config
+        addresses = {node: config.addresses(node) for node in config.node_names()}
+        self.network.hub.nft(
+            f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+            + network_ruleset(state.faults, addresses)
+        )
+        # Kernel echo replies off (both families in a dual-stack lab) while the
+        # delayed responder answers instead.
+        echo_off = [("net.ipv4.icmp_echo_ignore_all", "1")]
+        if config.dual_stack:
+            echo_off.append(("net.ipv6.icmp.echo_ignore_all", "1"))
+        for node in config.node_names():
+            ns = self.network.namespace(node)
+            delays = [f.delay_ms for f in state.faults if f.kind == "latency" and f.node == node]
+            running = state.responders.get(node)
+            if running is not None and not delays:
+                kill_all({running})
+                del state.responders[node]
+                for key, _ in echo_off:
+                    ns.sysctl(key, "0")
+            elif delays and running is None:
+                for key, off in echo_off:
+                    ns.sysctl(key, off)
+                command = [str(ensure_responder()), "-delay", f"{max(delays)}ms"]
+                if config.dual_stack:
+                    command.append("-ipv6")
+                state.responders[node] = self.workdir.spawn(
+                    ns.cmd(*command), f"responder-{node}.log"
+                )

@@ -79,10 +79,14 @@ def link(a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
     b.ip("link", "set", b_if, "up")
 
 
+def namespaces(prefix: str) -> list[str]:
+    """Names of the namespaces that start with ``prefix``."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(entry.name for entry in NETNS_DIR.iterdir() if entry.name.startswith(prefix))
+
+
 def cleanup(prefix: str) -> None:
     """Remove every namespace whose name starts with ``prefix`` (idempotent)."""
-    if not NETNS_DIR.is_dir():
-        return
-    for entry in NETNS_DIR.iterdir():
-        if entry.name.startswith(prefix):
-            sh(["ip", "netns", "delete", entry.name], check=False)
+    for name in namespaces(prefix):
+        sh(["ip", "netns", "delete", name], check=False)

@@ -62,6 +62,20 @@ if out=$(run node-ping-exporter --check-config --interval 0 2>&1); then
   echo "build-image: a bad configuration was accepted" >&2; exit 1
 fi
 echo "bad configuration refused: $out"
+# The agent alone: its package and command, nothing of the lab (the node-ping-lab
+# distribution, lab/pyproject.toml), whatever pyproject.toml or the Dockerfile say.
+read -r -d '' contents_py <<'PY' || true
+import importlib.metadata, importlib.util, pathlib, sys
+files = importlib.metadata.distribution("node-ping-exporter").files or []
+packages = {f.parts[0] for f in files if f.parts[0] != ".." and not f.parts[0].endswith(".dist-info")}
+commands = {p.name for p in pathlib.Path(sys.prefix, "bin").glob("node-ping-*")}
+lab = "present" if importlib.util.find_spec("lab") else "absent"
+print(f"packages: {' '.join(sorted(packages))}; commands: {' '.join(sorted(commands))}; lab: {lab}")
+PY
+contents=$(run python3 -c "$contents_py")
+echo "image contents: $contents"
+[ "$contents" = "packages: exporter; commands: node-ping-exporter; lab: absent" ] \
+  || { echo "build-image: the image holds more than the agent" >&2; exit 1; }
 [ "$(buildah inspect --format '{{.OCIv1.Config.User}}' "$IMAGE")" = "65534:65534" ] \
   || { echo "build-image: the image does not run as 65534" >&2; exit 1; }
 size=$(buildah images --format '{{.Size}}' "$IMAGE")

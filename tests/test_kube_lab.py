@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
-from lab.cluster import Lab, LabConfig
+from lab.agents import listen_address
+from lab.cluster import Lab
 from lab.controlplane import LAB_ADDRESS, LAB_PORT, ControlPlane
 from lab.kubenodes import set_addresses, set_finalizers
 from lab.process import kill_all, spawn
+from lab.state import LabConfig
 
 from .conftest import (
     NETNS_OK,
@@ -63,7 +65,7 @@ Probes = dict[tuple[str, str], tuple[float, float]]
 
 def probes(lab: Lab, source: str) -> Probes:
     """(destination, address) -> (sent, received), from the source's /metrics."""
-    samples = parse_metrics(lab.agent_metrics(source))
+    samples = parse_metrics(lab.agents.metrics(source))
     received = select(samples, "kube_node_ping_packets_received_total")
     out: Probes = {}
     for labels, sent in select(samples, "kube_node_ping_packets_sent_total").items():
@@ -100,7 +102,7 @@ def snapshot(lab: Lab) -> dict[str, Probes]:
 
 
 def test_agents_follow_node_objects(lab: Lab) -> None:
-    api: Any = lab.core_api()
+    api: Any = lab.kubernetes.core_api()
     wait_for(
         lambda: all({d for d, _ in probes(lab, s)} == set(others(s)) for s in NODES),
         15,
@@ -117,7 +119,7 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
     timed("created node answered at every agent", took)
 
     # A new InternalIP moves the probes: the old address's series go, the new one answers.
-    lab.namespace("node-4").ip("addr", "add", "198.18.0.104/24", "dev", "eth0")
+    lab.network.namespace("node-4").ip("addr", "add", "198.18.0.104/24", "dev", "eth0")
     before = snapshot(lab)
     set_addresses(api, "node-4", ["198.18.0.104"])
     took = wait_for(
@@ -146,7 +148,7 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
 
 
 def discovery(lab: Lab, node: str, name: str) -> float | None:
-    samples = parse_metrics(lab.agent_metrics(node))
+    samples = parse_metrics(lab.agents.metrics(node))
     return value(samples, f"kube_node_ping_discovery_{name}", source="kubernetes")
 
 
@@ -170,7 +172,7 @@ def test_quiet_watch_gets_bookmarks(lab: Lab) -> None:
 def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane) -> None:
     wait_for(lambda: all(discovery(lab, n, "up") == 1 for n in NODES), 15, "discovery up")
     errors = {n: discovery(lab, n, "errors_total") or 0.0 for n in NODES}
-    logs = {n: (lab.logs / f"agent-{n}.log").stat().st_size for n in NODES}
+    logs = {n: (lab.workdir.logs / f"agent-{n}.log").stat().st_size for n in NODES}
 
     control_plane.stop("kube-apiserver")
     stopped = time.monotonic()
@@ -192,7 +194,8 @@ def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane
                 assert sent > during[source][key][0] and received > during[source][key][1], (
                     f"{source} stopped probing {key} during the outage"
                 )
-            assert lab.http_get(f"http://{lab.addresses(source)[0]}:9798/readyz")[0] == 200
+            ready = f"http://{listen_address(lab.config, source)}/readyz"
+            assert lab.network.http_get(ready)[0] == 200
         assert {d for d, _ in probes(lab, "node-1")} == set(others("node-1"))
         time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
         # Meanwhile etcd moves on and forgets: every version the agents hold is compacted.
@@ -207,7 +210,7 @@ def test_api_server_outage_then_compaction(lab: Lab, control_plane: ControlPlane
     )
     timed("API server back after 60 s + compaction: every agent resynced", took)
     for node in NODES:
-        with open(lab.logs / f"agent-{node}.log") as log:
+        with open(lab.workdir.logs / f"agent-{node}.log") as log:
             log.seek(logs[node])
             assert "410 Gone" in log.read(), f"{node} did not take the 410 relist path"
 
@@ -236,8 +239,8 @@ def test_in_cluster_agent_follows_token_rotation(
     one is revoked the agent must pick up the new file by itself, without a restart."""
     from kubernetes import client
 
-    api: Any = lab.core_api()
-    account = lab.service_account()
+    api: Any = lab.kubernetes.core_api()
+    account = lab.kubernetes.service_account()
     for name in ("token-a", "token-b"):  # each token lives only as long as its Secret
         api.create_namespaced_secret(
             "kube-prometheus", {"metadata": {"name": name}, "type": "Opaque"}
@@ -251,9 +254,9 @@ def test_in_cluster_agent_follows_token_rotation(
     (mounted / "ca.crt").write_text((control_plane.pki / "ca.crt").read_text())
     (mounted / "namespace").write_text("kube-prometheus")
     (mounted / "token").write_text(first)
-    port, address = 9799, lab.addresses("node-1")[0]
+    port, address = 9799, lab.config.addresses("node-1")[0]
     agent = spawn(
-        lab.namespace("node-1").cmd(
+        lab.network.namespace("node-1").cmd(
             "unshare", "--mount", "--propagation", "private", "sh", "-c", POD_FILES,
             str(mounted), sys.executable, "-m", "exporter", "--node-name", "node-1",
             "--listen-address", f"{address}:{port}", "--interval", "0.1", "--log-format", "json",
@@ -264,7 +267,7 @@ def test_in_cluster_agent_follows_token_rotation(
 
     def pod_agent() -> set[str]:
         """Peers answering this agent while its discovery is up; empty otherwise."""
-        status, text = lab.http_get(f"http://{address}:{port}/metrics")
+        status, text = lab.network.http_get(f"http://{address}:{port}/metrics")
         if status != 200:
             return set()
         samples = parse_metrics(text)

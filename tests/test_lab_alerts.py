@@ -2,7 +2,7 @@
 nothing else; `diagnose` says the same; a clean network fires nothing.
 
 The lab's Prometheus loads the repository's rules with lab-sized windows
-(lab.cluster.fast_rules: 30 s rates, 20 s `for`, pairs established after 1 min),
+(lab.prometheus.fast_rules: 30 s rates, 20 s `for`, pairs established after 1 min),
 evaluated every 5 s. Time from fault to firing is printed per fault (pytest -s)
 and recorded in docs/alert-timing.md.
 """
@@ -16,8 +16,9 @@ import pytest
 
 from exporter.diagnose import diagnose
 from lab.cli import LabPrometheus
-from lab.cluster import Lab, LabConfig
+from lab.cluster import Lab
 from lab.faults import Fault
+from lab.state import LabConfig
 
 from .conftest import NETNS_OK, NETNS_WHY, ROOT, record, running_lab
 
@@ -37,7 +38,7 @@ def lab() -> Iterator[Lab]:
 
 def firing(lab: Lab, state: str = "firing") -> set[Alert]:
     out = set()
-    for sample in lab.query(f'ALERTS{{alertstate="{state}"}}'):
+    for sample in lab.prometheus.query(f'ALERTS{{alertstate="{state}"}}'):
         labels = sample["metric"]
         if "source_node" in labels and "destination_node" in labels:
             subject = f"{labels['source_node']} → {labels['destination_node']}"
@@ -112,9 +113,9 @@ def test_the_fault_fires_its_alert_only(lab: Lab, name: str) -> None:
     wait_quiet(lab)
     started = time.monotonic()
     if period:
-        lab.flap(fault, period)
+        lab.faults.flap(fault, period)
     else:
-        lab.apply(fault)
+        lab.faults.apply(fault)
     try:
         while alert not in firing(lab):
             assert time.monotonic() - started < FIRE_LIMIT + 30, (
@@ -134,4 +135,4 @@ def test_the_fault_fires_its_alert_only(lab: Lab, name: str) -> None:
             verdict
         }
     finally:
-        lab.clear()
+        lab.faults.clear()

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 from lab.cli import build_parser, parse_fault
-from lab.cluster import Lab, LabError
+from lab.cluster import Lab
 from lab.faults import Fault, network_ruleset
+from lab.state import LabError
 
 from .conftest import ROOT
 

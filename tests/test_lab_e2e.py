@@ -17,9 +17,10 @@ import pytest
 
 from exporter.diagnose import diagnose
 from lab.cli import LabPrometheus
-from lab.cluster import Lab, LabConfig
+from lab.cluster import Lab
 from lab.faults import Fault
 from lab.process import alive
+from lab.state import LabConfig
 
 from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, running_lab, select, wait_for
 from .test_dashboards import queries
@@ -42,13 +43,13 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(autouse=True)
 def no_faults_left(lab: Lab) -> Iterator[None]:
     yield
-    lab.clear()
+    lab.faults.clear()
 
 
 def by_pair(lab: Lab, expr: str) -> dict[tuple[str, str], float]:
     return {
         (r["metric"]["source_node"], r["metric"]["destination_node"]): float(r["value"][1])
-        for r in lab.query(expr)
+        for r in lab.prometheus.query(expr)
     }
 
 
@@ -106,9 +107,9 @@ def test_clean_network(lab: Lab) -> None:
 
 
 def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
-    lab.apply(Fault("inbound", "node-2", percent=30))
-    lab.apply(Fault("outbound", "node-5", percent=30))
-    lab.apply(Fault("link", "node-3", peer="node-4"))
+    lab.faults.apply(Fault("inbound", "node-2", percent=30))
+    lab.faults.apply(Fault("outbound", "node-5", percent=30))
+    lab.faults.apply(Fault("link", "node-3", peer="node-4"))
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
@@ -134,7 +135,7 @@ def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
             expr = lab_substitute(target["expr"])
             if "send_errors" in expr or "resolve_errors" in expr:
                 continue
-            assert lab.query(expr), f"{path.name}: {title}: no data for {expr}"
+            assert lab.prometheus.query(expr), f"{path.name}: {title}: no data for {expr}"
     matrix = json.loads((ROOT / "dashboards" / "node-connectivity.json").read_text())
     cells = by_pair(lab, lab_substitute(matrix["panels"][0]["targets"][0]["expr"]))
     into_node_2 = [cells[(s, "node-2")] for s in ("node-1", "node-3", "node-4")]
@@ -144,9 +145,9 @@ def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
 
 
 def test_isolation_latency_and_flapping(lab: Lab) -> None:
-    lab.apply(Fault("isolate", "node-5"))
-    lab.apply(Fault("latency", "node-1", delay_ms=20))
-    lab.flap(Fault("inbound", "node-3", percent=100), period=2)  # on 2 s, off 2 s
+    lab.faults.apply(Fault("isolate", "node-5"))
+    lab.faults.apply(Fault("latency", "node-1", delay_ms=20))
+    lab.faults.flap(Fault("inbound", "node-3", percent=100), period=2)  # on 2 s, off 2 s
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
@@ -176,9 +177,9 @@ def test_isolation_latency_and_flapping(lab: Lab) -> None:
         ("inbound", "node-3"),
         ("slow", "node-1"),
     }
-    (flapper,) = lab.load().flappers
-    lab.clear(node="node-3")  # stops node-3's flapper too; the other faults stay
-    state = lab.load()
+    (flapper,) = lab.workdir.load().flappers
+    lab.faults.clear(node="node-3")  # stops node-3's flapper too; the other faults stay
+    state = lab.workdir.load()
     assert not state.flappers and not alive(flapper)
     remaining = {(f.kind, f.node) for f in state.faults}
     assert remaining == {("isolate", "node-5"), ("latency", "node-1")}
@@ -191,7 +192,7 @@ def test_node_removed_from_the_peer_list(lab: Lab) -> None:
     def gone_from_agents() -> bool:
         return not any(
             select(
-                parse_metrics(lab.agent_metrics(n)),
+                parse_metrics(lab.agents.metrics(n)),
                 "kube_node_ping_packets_sent_total",
                 destination_node="node-3",
             )
@@ -199,20 +200,16 @@ def test_node_removed_from_the_peer_list(lab: Lab) -> None:
         )
 
     wait_for(gone_from_agents, 1.5, "node-3's series gone from every agent")
+    towards_node_3 = f'kube_node_ping_packets_sent_total{{{JOB},destination_node="node-3"}}'
     wait_for(
-        lambda: (
-            not lab.query(f'kube_node_ping_packets_sent_total{{{JOB},destination_node="node-3"}}')
-        ),
+        lambda: not lab.prometheus.query(towards_node_3),
         12,
         "node-3's series stale in Prometheus",
         step=1,
     )
     lab.add_peer("node-3")
     wait_for(
-        lambda: (
-            len(lab.query(f'kube_node_ping_packets_sent_total{{{JOB},destination_node="node-3"}}'))
-            == 4
-        ),
+        lambda: len(lab.prometheus.query(towards_node_3)) == 4,
         15,
         "node-3 probed again",
         step=1,
@@ -220,13 +217,13 @@ def test_node_removed_from_the_peer_list(lab: Lab) -> None:
 
 
 def test_textfile_through_node_exporter(lab: Lab) -> None:
-    exported = parse_metrics(lab.node_exporter_metrics())
+    exported = parse_metrics(lab.prometheus.node_exporter_metrics())
     pairs = {
         (dict(labels)["source_node"], dict(labels)["destination_node"])
         for labels in select(exported, "kube_node_ping_packets_sent_total")
     }
     assert pairs == set(PAIRS)
-    direct = parse_metrics(lab.agent_metrics("node-1"))
+    direct = parse_metrics(lab.agents.metrics("node-1"))
     assert set(select(exported, "kube_node_ping_rtt_min", source_node="node-1")) == set(
         select(direct, "kube_node_ping_rtt_min")
     )
@@ -235,10 +232,10 @@ def test_textfile_through_node_exporter(lab: Lab) -> None:
 
 def test_agent_restart(lab: Lab) -> None:
     before = time.time()
-    lab.restart_agent("node-1")  # SIGKILL: nothing cleaned up, then a fresh start
+    lab.agents.restart("node-1")  # SIGKILL: nothing cleaned up, then a fresh start
     lab.wait_ready()
     time.sleep(16)  # three scrapes of the new agent
-    resets = lab.query(
+    resets = lab.prometheus.query(
         f'resets(kube_node_ping_packets_sent_total{{{JOB},source_node="node-1"}}[1m])'
     )
     assert len(resets) == 4 and all(float(r["value"][1]) >= 1 for r in resets), resets
@@ -247,7 +244,7 @@ def test_agent_restart(lab: Lab) -> None:
     )
     assert len(rates) == 4 and all(10 <= v <= 25 for v in rates.values()), rates  # 20/s
     # node-exporter never read a torn textfile, across the kill and the restart
-    torn = lab.query(
+    torn = lab.prometheus.query(
         f"max_over_time(node_textfile_scrape_error[{int(time.time() - before) + 10}s])"
     )
     assert [float(r["value"][1]) for r in torn] == [0.0]

@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from lab.cluster import LABS_DIR, Lab, LabConfig, LabError
+from lab.cluster import Lab
 from lab.faults import Fault
-from lab.netns import NETNS_DIR
+from lab.netns import namespaces
+from lab.state import LABS_DIR, LabConfig, LabError
 
 from .conftest import NETNS_OK, NETNS_WHY, parse_metrics, select, wait_for
 
@@ -18,9 +19,9 @@ pytestmark = pytest.mark.skipif(not NETNS_OK, reason=NETNS_WHY)
 
 
 def leftovers(lab: Lab) -> list[str]:
-    found = [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(lab.prefix + "-")]
-    if lab.workdir.exists():
-        found.append(str(lab.workdir))
+    found = namespaces(lab.network.prefix + "-")
+    if lab.workdir.path.exists():
+        found.append(str(lab.workdir.path))
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     found += [line for line in ps.splitlines() if str(LABS_DIR / lab.name) in line]
     return found
@@ -30,25 +31,25 @@ def test_dual_stack_lab_up_and_down(tmp_path: object) -> None:
     lab = Lab(f"life{os.getpid()}")
     try:
         lab.up(LabConfig(nodes=3, dual_stack=True, prometheus=False))
-        assert len(lab.addresses("node-1")) == 2
+        assert len(lab.config.addresses("node-1")) == 2
 
         def both_families_answered() -> bool:
-            samples = parse_metrics(lab.agent_metrics("node-1"))
+            samples = parse_metrics(lab.agents.metrics("node-1"))
             received = select(samples, "kube_node_ping_packets_received_total")
             return len(received) == 4 and all(v > 0 for v in received.values())
 
         wait_for(both_families_answered, 10, "node-1 reaching both peers over IPv4 and IPv6")
-        samples = parse_metrics(lab.agent_metrics("node-1"))
+        samples = parse_metrics(lab.agents.metrics("node-1"))
         addresses = {
             dict(k)["destination_node_ip_address"]
             for k in select(samples, "kube_node_ping_packets_sent_total")
         }
         assert addresses == {"198.18.0.2", "198.18.0.3", "fd00:198:18::2", "fd00:198:18::3"}
         # Added latency holds over both families: the responder answers ICMPv6 too.
-        lab.apply(Fault("latency", "node-2", delay_ms=20))
+        lab.faults.apply(Fault("latency", "node-2", delay_ms=20))
 
         def both_families_delayed() -> bool:
-            samples = parse_metrics(lab.agent_metrics("node-1"))
+            samples = parse_metrics(lab.agents.metrics("node-1"))
             fastest = {
                 dict(k)["destination_node_ip_address"]: v
                 for k, v in select(
@@ -58,8 +59,9 @@ def test_dual_stack_lab_up_and_down(tmp_path: object) -> None:
             return len(fastest) == 2 and all(20 <= v < 25 for v in fastest.values())
 
         wait_for(both_families_delayed, 10, "20 ms more to node-2 over IPv4 and IPv6")
-        lab.clear()
-        assert lab.namespace("node-2").run("sysctl", "-n", "net.ipv6.icmp.echo_ignore_all") == "0\n"
+        lab.faults.clear()
+        node_2 = lab.network.namespace("node-2")
+        assert node_2.run("sysctl", "-n", "net.ipv6.icmp.echo_ignore_all") == "0\n"
     finally:
         lab.down()
     assert leftovers(lab) == []
@@ -70,7 +72,8 @@ def test_a_failed_up_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> No
     """Prometheus made to look missing, so `up` fails after namespaces and agents exist."""
     real_which = shutil.which
     monkeypatch.setattr(
-        "lab.cluster.shutil.which", lambda name: None if name == "prometheus" else real_which(name)
+        "lab.prometheus.shutil.which",
+        lambda name: None if name == "prometheus" else real_which(name),
     )
     lab = Lab(f"fail{os.getpid()}")
     with pytest.raises(LabError, match="'prometheus' is not installed"):

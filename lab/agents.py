@@ -1,0 +1,93 @@
+"""The agents: one real ``node-ping-exporter`` process per node namespace.
+
+Each is started the way the chart starts it, with short intervals so that a fault
+shows within seconds. In file-discovery mode they read one peers file (the
+ConfigMap's format) that the lab rewrites atomically, as a ConfigMap update
+would appear; in Kubernetes mode they list and watch Node objects (lab/kubenodes.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import dataclass
+
+from .network import Network
+from .process import alive, kill_all, write_atomically
+from .state import LabConfig, LabError, LabState, Workdir
+
+AGENT_PORT = 9798
+
+
+def listen_address(config: LabConfig, node: str) -> str:
+    """Where the node's agent serves /metrics: its first address."""
+    return f"{config.addresses(node)[0]}:{AGENT_PORT}"
+
+
+@dataclass(frozen=True)
+class Agents:
+    """Start, stop and read the agents of one lab; their pids live in its state."""
+
+    workdir: Workdir
+    network: Network
+
+    def write_peers(self, state: LabState) -> None:
+        """Every node not removed, with each of its addresses."""
+        entries = [
+            {"name": node, "ipAddress": address}
+            for node in state.config.node_names()
+            if node not in state.removed
+            for address in state.config.addresses(node)
+        ]
+        write_atomically(self.workdir.peers_file, json.dumps(entries, indent=1))
+
+    def start_all(self, state: LabState) -> None:
+        for node in state.config.node_names():
+            state.agents[node] = self._spawn(node, state.config)
+
+    def start(self, node: str) -> None:
+        with self.workdir.changing() as state:
+            if node in state.agents and alive(state.agents[node]):
+                raise LabError(f"{node}'s agent is already running")
+            state.agents[node] = self._spawn(node, state.config)
+
+    def stop(self, node: str, kill: bool = True) -> None:
+        """Stop a node's agent (SIGKILL by default: a crash, nothing cleaned up)."""
+        with self.workdir.changing() as state:
+            pid = state.agents.pop(node, None)
+            if pid is None:
+                raise LabError(f"{node} has no agent running")
+            kill_all({pid}, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def restart(self, node: str) -> None:
+        self.stop(node)
+        self.start(node)
+
+    def ready_urls(self, state: LabState) -> set[str]:
+        return {f"http://{listen_address(state.config, node)}/readyz" for node in state.agents}
+
+    def metrics(self, node: str) -> str:
+        """The node's agent's /metrics, as Prometheus would scrape it."""
+        config = self.workdir.load().config
+        status, body = self.network.http_get(f"http://{listen_address(config, node)}/metrics")
+        if status != 200:
+            raise LabError(f"{node}'s agent answered {status}")
+        return body
+
+    def _spawn(self, node: str, config: LabConfig) -> int:
+        if config.kubernetes:
+            discovery = ["--discovery", "kubernetes", "--kubeconfig", str(self.workdir.kubeconfig)]
+        else:
+            discovery = ["--discovery", "file", "--peers-file", str(self.workdir.peers_file),
+                         "--peers-file-poll-interval", "0.2"]  # fmt: skip
+        args = [
+            sys.executable, "-m", "exporter", "--node-name", node, *discovery,
+            "--interval", str(config.interval), "--timeout", str(config.timeout),
+            "--icmp-mode", "unprivileged", "--listen-address", listen_address(config, node),
+            "--output", config.output, "--textfile-dir", str(self.workdir.textfile_dir),
+            "--textfile-interval", "1", "--log-format", "json",
+        ]  # fmt: skip
+        for target in config.external_targets:
+            args += ["--external-target", target]
+        return self.workdir.spawn(self.network.namespace(node).cmd(*args), f"agent-{node}.log")
