@@ -38,6 +38,7 @@ from .metric_table import (
     DUPLICATE_REPLIES,
     EVENT_LOOP_LAG,
     LATE_REPLIES,
+    PROBE_INTERVAL,
     SEND_ERRORS,
     SKIPPED_PROBES,
 )
@@ -55,6 +56,11 @@ LAG_WINDOW_SECONDS = 10.0
 # A probe more than this late (the loop was blocked or the host suspended) is
 # skipped, not sent: catching up would be a burst, and it is not loss.
 MAX_LATENESS_SECONDS = 0.1
+# What one prober does at most: sends per second (paced on 10 ms ticks, measured
+# at 5000/s for about a tenth of a core; docs/benchmarks.md), and probes in flight
+# at once (each holds one of the 65,536 ICMP sequence numbers until it resolves).
+MAX_PROBES_PER_SECOND = 20_000
+MAX_IN_FLIGHT = 60_000
 
 
 class Clock(Protocol):
@@ -148,7 +154,8 @@ class Prober:
     ) -> None:
         self.table = table
         self.sockets = sockets
-        self.interval = interval
+        self.interval = interval  # as configured
+        self.cycle_seconds = interval  # in force: longer when the peers need it
         self.timeout = timeout
         self.timeout_ns = int(timeout * 1e9)
         self.clock: Clock = clock or SystemClock()
@@ -209,6 +216,7 @@ class Prober:
         errors = sorted(dict(stats.send_errors).items())  # copied: the loop writes it
         yield SEND_ERRORS.samples(((me, reason), count) for reason, count in errors)
         yield EVENT_LOOP_LAG.sample(stats.loop_lag_seconds, me)
+        yield PROBE_INTERVAL.sample(self.cycle_seconds, me)
 
     # -- sending ------------------------------------------------------------
 
@@ -225,16 +233,40 @@ class Prober:
             sockaddr = sock.sockaddr(key.address) if sock else ()
             schedule.append((peer.offset, peer, routes.get(key.family), sockaddr))
         self._schedule = schedule
-        position = ((now - self._cycle_start) / self.interval) % 1.0
+        self._set_cycle(len(schedule))
+        if self._cycle_start > now:
+            # _send_due moved on to the next cycle after this one's last send: find our
+            # place in the cycle we are in, or the next round would be skipped.
+            self._cycle_start -= self.cycle_seconds
+        position = ((now - self._cycle_start) / self.cycle_seconds) % 1.0
         self._next = bisect_left([entry[0] for entry in schedule], position)
         self._schedule_dirty = False
+
+    def _set_cycle(self, peers: int) -> None:
+        """Probe each peer every --interval, unless that is more than this prober can
+        do: more sends per second than it paces, or more probes in flight at once than
+        the 16-bit sequence space holds (a probe would be taken for lost while its
+        reply was still on its way). Then the cycle is stretched, said once in the
+        log, and shown in kube_node_ping_probe_interval_seconds."""
+        cycle = max(
+            self.interval,
+            peers / MAX_PROBES_PER_SECOND,
+            peers * self.timeout / MAX_IN_FLIGHT,
+        )
+        if cycle != self.cycle_seconds:
+            log.log(
+                logging.WARNING if cycle > self.interval else logging.INFO,
+                "probe interval in force changed",
+                extra={"interval": round(cycle, 6), "configured": self.interval, "peers": peers},
+            )
+            self.cycle_seconds = cycle
 
     def _send_due(self, now: float) -> float:
         """Send every probe whose point in the cycle has passed; return when the next is due.
 
         The hot path: one iteration per probe, so everything is bound to locals.
         """
-        interval = self.interval
+        interval = self.cycle_seconds
         behind = int((now - self._cycle_start - MAX_LATENESS_SECONDS) / interval)
         if behind >= 1:
             # Every probe left in this cycle, and in the next behind - 1, is more than

@@ -151,6 +151,13 @@ EVENT_LOOP_LAG = Family(
     SOURCE,
 )
 
+PROBE_INTERVAL = Family(
+    "kube_node_ping_probe_interval_seconds",
+    "gauge",
+    "Seconds between probes to each peer now: --interval, or longer when the peer count needs it.",
+    SOURCE,
+)
+
 # -- discovery ------------------------------------------------------------------------------
 
 DISCOVERY_UP = Family(
@@ -221,6 +228,7 @@ FAMILIES: tuple[Family, ...] = (
     DUPLICATE_REPLIES,
     SEND_ERRORS,
     EVENT_LOOP_LAG,
+    PROBE_INTERVAL,
     DISCOVERY_UP,
     DISCOVERY_LAST_SUCCESS,
     DISCOVERY_ERRORS,

@@ -7,7 +7,13 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 
-from exporter.engine import MAX_LATENESS_SECONDS, MIN_TICK_SECONDS, Prober
+from exporter.engine import (
+    MAX_IN_FLIGHT,
+    MAX_LATENESS_SECONDS,
+    MAX_PROBES_PER_SECOND,
+    MIN_TICK_SECONDS,
+    Prober,
+)
 from exporter.peers import PeerKey, PeerKind, PeerTable
 
 from .scripted import Responder, ScriptedClock, ScriptedSocket, drive
@@ -98,3 +104,46 @@ def test_replies_after_the_timeout_are_lost_and_counted_late() -> None:
     assert prober.stats.late_replies == arrived
     assert fast.window_summary() == (2.0, 2.0, 0.0)
     assert slow.window_summary() is None  # no reply in the window: no min/max/mdev
+
+
+def test_a_peer_change_right_after_a_cycle_skips_no_round() -> None:
+    """Found in review: a change just after the last send of a cycle used to place the
+    prober at the end of the coming cycle, silently skipping one probe to every peer."""
+    prober, clock, sock, table = setup(PEERS[:3], interval=1.0)
+    drive(prober, clock, 3.0)
+    last = max(at for at, _, _ in sock.sent)
+    clock.now = last + 0.01
+    table.replace(
+        PeerKind.NODE,
+        [PeerKey(PeerKind.NODE, f"n{i}", a) for i, a in enumerate(PEERS[:3])]
+        + [PeerKey(PeerKind.NODE, "new", PEERS[3])],
+    )
+    drive(prober, clock, 3.0)
+    per_peer: dict[str, list[float]] = defaultdict(list)
+    for at, address, _ in sock.sent:
+        per_peer[address].append(at)
+    for address in PEERS[:3]:
+        gaps = [b - a for a, b in itertools.pairwise(per_peer[address])]
+        assert max(gaps) <= 1.0 + MIN_TICK_SECONDS + 1e-9, (address, gaps)
+    assert prober.stats.skipped_probes == 0
+
+
+def test_more_peers_than_one_prober_can_probe_stretch_the_interval() -> None:
+    """2000 peers every 20 ms with replies in 0.9 s would be 90,000 probes in flight:
+    more than the 16-bit sequence space. The cycle stretches (and says so) instead of
+    reporting live peers as lost."""
+    prober, clock, sock, table = setup(PEERS * 10, interval=0.02, timeout=1.0)
+    peers = [
+        PeerKey(PeerKind.NODE, f"p{i}", f"198.18.{i // 250 + 10}.{i % 250 + 1}")
+        for i in range(2000)
+    ]
+    table.replace(PeerKind.NODE, peers)
+    sock.respond = lambda address, at: 0.9
+    drive(prober, clock, 5.0)
+    expected = max(0.02, 2000 / MAX_PROBES_PER_SECOND, 2000 * 1.0 / MAX_IN_FLIGHT)
+    assert prober.cycle_seconds == expected
+    stats = [p.stats for p in table.snapshot()]
+    assert sum(s.sent for s in stats) > 0
+    assert sum(s.received for s in stats) == sum(s.sent for s in stats)  # none taken for lost
+    samples = {m.name: m.samples[0].value for m in prober.collect() if m.samples}
+    assert samples["kube_node_ping_probe_interval_seconds"] == expected
