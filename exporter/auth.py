@@ -7,11 +7,13 @@ non-resource URL (``/metrics``), so access is granted with ordinary RBAC
 ["/metrics"], verbs: ["get"]``). The agent's own ServiceAccount needs
 ``system:auth-delegator`` (create tokenreviews and subjectaccessreviews).
 
-Answers are cached per token (by its SHA-256, never the token itself) for a
-minute when allowed and ten seconds otherwise, in a bounded table, so a scrape
-every few seconds costs the API server two reviews a minute and a flood of
-made-up tokens costs it at most one review per token. If the API server cannot
-be asked, the request is refused (503): never open on failure.
+Answers are cached per token (by its SHA-256, never the token itself): a
+minute when allowed, ten seconds otherwise, in two bounded tables, so a scrape
+every few seconds costs the API server two reviews a minute and made-up tokens
+can never push the scraper's answer out. At most REVIEWS_AT_ONCE reviews run
+at a time; beyond that, and whenever the API server cannot be asked, the
+request is refused (503): a flood of made-up tokens cannot drive the API
+server, and nothing is ever open on failure.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 ALLOWED_CACHE_SECONDS = 60.0
 DENIED_CACHE_SECONDS = 10.0
 CACHE_ENTRIES = 4096
+REVIEWS_AT_ONCE = 4
+WARN_EVERY_SECONDS = 10.0
 REVIEW_TIMEOUT_SECONDS = 5.0
 
 # (HTTP status, reason): 200 allowed, 401 unauthenticated, 403 forbidden, 503 cannot check
@@ -49,8 +53,12 @@ class KubernetesAuthorizer:
         self._client = client
         self._audiences = audiences or None
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()
+        # Allowed and refused answers apart: refusals cannot evict an allowed answer.
+        self._allowed: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()
+        self._refused: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()
         self._lock = threading.Lock()
+        self._reviewing = threading.BoundedSemaphore(REVIEWS_AT_ONCE)
+        self._warned = -WARN_EVERY_SECONDS
         self.reviews = 0  # API calls made, for tests and the curious
 
     def check(self, authorization: str | None, path: str) -> Decision:
@@ -62,19 +70,37 @@ class KubernetesAuthorizer:
         key = hashlib.sha256(f"{path}\x00{token}".encode(errors="replace")).digest()
         now = self._clock()
         with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > now:
-                return cached[1]
-        decision = self._review(token, path)
+            for cache in (self._allowed, self._refused):
+                cached = cache.get(key)
+                if cached is not None and cached[0] > now:
+                    return cached[1]
+        if not self._reviewing.acquire(blocking=False):
+            self._warn("too many token checks at once")
+            return 503, "too many token checks at once"
+        try:
+            decision = self._review(token, path)
+        finally:
+            self._reviewing.release()
         if decision[0] == 503:
             return decision  # not cached: ask again next time
-        ttl = ALLOWED_CACHE_SECONDS if decision[0] == 200 else DENIED_CACHE_SECONDS
+        allowed = decision[0] == 200
+        cache = self._allowed if allowed else self._refused
+        ttl = ALLOWED_CACHE_SECONDS if allowed else DENIED_CACHE_SECONDS
         with self._lock:
-            self._cache[key] = (now + ttl, decision)
-            self._cache.move_to_end(key)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            cache[key] = (now + ttl, decision)
+            cache.move_to_end(key)
+            while len(cache) > CACHE_ENTRIES:
+                cache.popitem(last=False)
         return decision
+
+    def _warn(self, problem: str) -> None:
+        """At most one line per WARN_EVERY_SECONDS: clients decide how often this fails."""
+        now = self._clock()
+        with self._lock:
+            if now - self._warned < WARN_EVERY_SECONDS:
+                return
+            self._warned = now
+        log.warning("cannot check a token with the API server", extra={"problem": problem})
 
     def _review(self, token: str, path: str) -> Decision:
         c = self._client
@@ -101,10 +127,8 @@ class KubernetesAuthorizer:
                 ),
                 _request_timeout=REVIEW_TIMEOUT_SECONDS,
             )
-        except Exception as exc:  # API server away, RBAC missing: refuse, say why once
-            log.warning(
-                "cannot check a token with the API server", extra={"problem": _describe(exc)}
-            )
+        except Exception as exc:  # API server away, RBAC missing: refuse, say why
+            self._warn(_describe(exc))
             return 503, "cannot check the token now"
         if access.status and access.status.allowed:
             return 200, "ok"

@@ -44,6 +44,7 @@ Address = tuple[Any, ...]
 
 DEFAULT_TIMEOUT = 10.0  # seconds for a request header to arrive, and for each write
 DEFAULT_MAX_CONNECTIONS = 64
+SLOW_ANSWER_SECONDS = 2.0  # answering longer than this: evictable when the slots are full
 STOP_WAIT = 1.0  # seconds for an evicted connection's thread to end (it takes µs)
 LOG_EVERY = 10.0  # seconds: at most one line per kind of error in this time
 
@@ -119,15 +120,47 @@ class _Reader(io.RawIOBase):
             self.sock.settimeout(self.timeout)  # for writes: the whole timeout
 
 
+class _Writer(io.RawIOBase):
+    """Writes to the socket, giving up at ``deadline``: a per-send timeout alone lets a
+    client that reads a byte now and then hold the connection for ever."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        sent = 0
+        try:
+            while sent < len(view):
+                left = self.timeout if self.deadline is None else self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the client did not take its answer in time")
+                self.sock.settimeout(left)
+                sent += self.sock.send(view[sent : sent + 65536])
+        finally:
+            self.sock.settimeout(self.timeout)
+        return sent
+
+
 @dataclass
 class _Slot:
-    since: float  # when it began to wait for its current request
-    waiting: bool = True  # for a complete request header
+    sock: socket.socket  # what to shut down to end it (the TLS socket once wrapped)
+    since: float  # when it began its current state
+    waiting: bool = True  # for a complete request header (or the TLS handshake)
     stopped: bool = False  # evicted: its thread is ending
 
-    @property
-    def evictable(self) -> bool:
-        return self.waiting and not self.stopped
+    def evictable(self, now: float) -> bool:
+        """Waiting for a request, or answering one for longer than a scrape takes
+        (a client that does not read its answer, or a slow token check)."""
+        if self.stopped:
+            return False
+        return self.waiting or now - self.since > SLOW_ANSWER_SECONDS
 
 
 class _Server(ThreadingHTTPServer):
@@ -177,25 +210,27 @@ class _Server(ThreadingHTTPServer):
             client=_client(client_address),
             max_connections=self.max_connections,
         )
-        with contextlib.suppress(OSError):  # best effort: never wait for this client
-            request.setblocking(False)
-            request.send(BUSY)
+        if self.tls is None:  # on a TLS port plain text would only be a protocol error
+            with contextlib.suppress(OSError):  # best effort: never wait for this client
+                request.setblocking(False)
+                request.send(BUSY)
         self.shutdown_request(request)
 
     def _admit(self, request: socket.socket) -> bool:
         with self._room:
             full = len(self._slots) >= self.max_connections
             if full:
-                waiting = [(slot.since, s) for s, slot in self._slots.items() if slot.evictable]
-                if not waiting:
+                now = time.monotonic()
+                idle = [slot for slot in self._slots.values() if slot.evictable(now)]
+                if not idle:
                     return False
-                _, oldest = min(waiting, key=lambda pair: pair[0])
-                self._slots[oldest].stopped = True
-                _stop(oldest)  # its thread sees the end of the stream, ends, frees the slot
+                oldest = min(idle, key=lambda slot: slot.since)
+                oldest.stopped = True
+                _stop(oldest.sock)  # its thread sees the end of the stream, ends, frees the slot
                 # Wait for that (microseconds): a thread per slot, not one more.
                 if not self._room.wait_for(self._has_room, STOP_WAIT):
                     return False
-            self._slots[request] = _Slot(time.monotonic())
+            self._slots[request] = _Slot(request, time.monotonic())
         if full:
             self.errors.log(
                 logging.WARNING,
@@ -216,6 +251,13 @@ class _Server(ThreadingHTTPServer):
             if slot is not None:
                 slot.waiting = waiting
                 slot.since = time.monotonic()
+
+    def wrapped(self, request: socket.socket, tls_socket: socket.socket) -> None:
+        """The connection now speaks TLS: ending it means shutting down that socket."""
+        with self._room:
+            slot = self._slots.get(request)
+            if slot is not None:
+                slot.sock = tls_socket
 
     def shutdown_request(self, request: Any) -> None:
         with self._room:
@@ -243,8 +285,8 @@ class _Server(ThreadingHTTPServer):
         """Also end every connection, so that no thread waits out its timeout."""
         super().server_close()
         with self._room:
-            for sock in self._slots:
-                _stop(sock)
+            for slot in self._slots.values():
+                _stop(slot.sock)
 
 
 class _Server6(_Server):
@@ -260,7 +302,9 @@ def _stop(sock: socket.socket) -> None:
     """Wake and end the thread reading ``sock`` (closing it is that thread's job: the
     descriptor might otherwise be reused under it)."""
     with contextlib.suppress(OSError):  # already gone
-        sock.shutdown(socket.SHUT_RDWR)
+        # socket.socket's own shutdown, also for a TLS socket: no TLS close_notify from
+        # this thread, just the descriptor, which wakes the connection's thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -273,12 +317,22 @@ class _Handler(BaseHTTPRequestHandler):
             # The handshake runs here, in the connection's own thread, within the timeout
             # (an evictable slot meanwhile), never in the accepting thread.
             self.request.settimeout(self.server.connection_timeout)
-            self.request = self.server.tls.context().wrap_socket(self.request, server_side=True)
+            context = self.server.tls.context()
+            tls_socket = context.wrap_socket(
+                self.request, server_side=True, do_handshake_on_connect=False
+            )
+            self.server.wrapped(self.raw, tls_socket)
+            self.request = tls_socket
+            tls_socket.do_handshake()
         super().setup()
-        self.connection.settimeout(self.server.connection_timeout)
-        self.rfile.close()  # the socket's own reader: replaced by one with a deadline
-        self.reader = _Reader(self.connection, self.server.connection_timeout)
+        timeout = self.server.connection_timeout
+        self.connection.settimeout(timeout)
+        self.rfile.close()  # the socket's own reader and writer: replaced by ones with deadlines
+        self.reader = _Reader(self.connection, timeout)
         self.rfile = io.BufferedReader(self.reader)
+        self.wfile.close()
+        self.writer = _Writer(self.connection, timeout)
+        self.wfile = io.BufferedWriter(self.writer)
 
     def handle_one_request(self) -> None:
         self.server.mark(self.raw, waiting=True)
@@ -288,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         parsed = super().parse_request()  # reads the header lines
         self.reader.deadline = None
+        # The whole answer (a token check, rendering, writing) within one timeout: a
+        # client that does not read cannot hold its thread longer.
+        self.writer.deadline = time.monotonic() + self.server.connection_timeout
         self.server.mark(self.raw, waiting=False)
         return parsed
 

@@ -14,6 +14,7 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -478,3 +480,49 @@ def test_agent_json_logs_stay_json_lines() -> None:
     assert "http client went away" in messages
     assert "http request failed" in messages
     assert not any("Traceback" in line for line in lines)
+
+
+def get_status(server: ThreadingHTTPServer, path: str) -> int:
+    with connect(server) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return int(sock.recv(64).split()[1])
+
+
+def test_clients_that_do_not_read_their_answer_cannot_hold_every_slot(serve: Start) -> None:
+    """Found in review: clients that send a request and never read the (large) answer
+    held their slots for good, and /healthz got 503. Now an answer has one timeout in
+    all, and at the cap a connection answering for over 2 s gives way."""
+    server = serve(big, timeout=5.0, max_connections=4)
+    stuck = []
+    for _ in range(4):
+        sock = connect(server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.append(sock)
+    time.sleep(http_server.SLOW_ANSWER_SECONDS + 0.2)
+    began = time.monotonic()
+    assert get_status(server, "/healthz") == 200
+    assert time.monotonic() - began < 1.5
+    for sock in stuck:
+        sock.close()
+
+
+def test_tls_connections_are_evicted_too(serve: Start, tmp_path: Path) -> None:
+    """Found in review: after the TLS handshake the slot held a detached socket, so
+    idle TLS clients could not be evicted and new clients waited, then were refused."""
+    from exporter.tls import TlsFiles
+
+    from .certs import make_ca, make_cert
+
+    ca = make_ca(tmp_path)
+    cert, key = make_cert(tmp_path, "server", ca)
+    server = serve(small, timeout=30.0, max_connections=2, tls=TlsFiles(cert, key, None))
+    context = ssl.create_default_context(cafile=str(ca[0]))
+    idle = [context.wrap_socket(connect(server), server_hostname="127.0.0.1") for _ in range(2)]
+    began = time.monotonic()
+    with context.wrap_socket(connect(server), server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - began < 1.0
+    for sock in idle:
+        sock.close()

@@ -162,3 +162,43 @@ def test_tokens_fail_closed_when_the_api_server_cannot_be_asked(
         assert status == 503 and b"kube_node_ping" not in body
         assert get(port, "/healthz", ca=pki["ca"])[0] == 200  # the kubelet's probes
         assert get(port, "/readyz", ca=pki["ca"])[0] == 200
+
+
+def test_made_up_tokens_neither_flood_the_api_server_nor_evict_the_scraper(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The review itself is scripted (slow, allowing one token): what is tested is the
+    cache and the cap around it."""
+    import threading
+
+    from exporter import auth
+
+    authorizer = KubernetesAuthorizer(unreachable_api(tmp_path))
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def review(token: str, path: str) -> auth.Decision:
+        calls.append(token)
+        if token == "slow":
+            gate.wait(5)
+        return (200, "ok") if token == "scraper" else (401, "no")
+
+    monkeypatch.setattr(authorizer, "_review", review)
+    assert authorizer.check("Bearer scraper", "/metrics") == (200, "ok")
+    for i in range(auth.CACHE_ENTRIES + 10):  # more refusals than the table holds
+        assert authorizer.check(f"Bearer junk-{i}", "/metrics")[0] == 401
+    assert authorizer.check("Bearer scraper", "/metrics") == (200, "ok")
+    assert calls.count("scraper") == 1  # still cached
+    # At most REVIEWS_AT_ONCE reviews at a time; the rest are refused at once.
+    threads = [
+        threading.Thread(target=authorizer.check, args=("Bearer slow", "/metrics"))
+        for _ in range(auth.REVIEWS_AT_ONCE)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    assert authorizer.check("Bearer another", "/metrics")[0] == 503
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert authorizer.check("Bearer another", "/metrics")[0] == 401
