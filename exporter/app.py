@@ -178,10 +178,16 @@ class Agent:
         registry = CollectorRegistry()  # our metrics only: node-exporter has its own
         registry.register(self.collector)
         exposition = Exposition(self.table, s.node_name, registry)
-        writer = TextfileWriter(
-            s.textfile_path, exposition.render, s.textfile_interval, s.node_name
-        )
-        writer.remove_stale()
+        try:
+            writer = TextfileWriter(
+                s.textfile_path, exposition.render, s.textfile_interval, s.node_name
+            )
+            writer.remove_stale()
+        except OSError as exc:  # e.g. a directory where our file should be
+            raise ConfigError(
+                f"invalid setting 'textfile_dir' (--textfile-dir): cannot use "
+                f"{s.textfile_path}: {exc.strerror or exc}"
+            ) from None
         return writer
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -191,7 +197,7 @@ class Agent:
     # -- run ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until a signal; raises ConfigError when a critical component fails."""
+        """Run until a signal; raises AgentFailed when a component keeps failing."""
         s = self.settings
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)

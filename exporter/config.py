@@ -98,6 +98,10 @@ class ExternalTarget(BaseModel):
     def _host(cls, value: str) -> str:
         if not is_ip(value) and not HOSTNAME.fullmatch(value):
             raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
+        if not is_ip(value) and NUMERIC_LAST_LABEL.search(value):
+            # 1.2.3 or 0x7f.1 would not go to DNS: the C library reads them as an
+            # IPv4 address (1.2.0.3, 127.0.0.1), not the one meant.
+            raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
         return value
 
     @field_validator("name")
@@ -115,6 +119,7 @@ HOSTNAME = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 TEXTFILE_PREFIX = re.compile(r"([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})?")
+NUMERIC_LAST_LABEL = re.compile(r"(^|\.)(0x[0-9a-fA-F]*|[0-9]+)\.?$")
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # One requirement of a Kubernetes label selector: key, !key, key=v, key==v,
 # key!=v, key in (a,b), key notin (a,b).
@@ -132,7 +137,7 @@ NODE_NAME = re.compile(
 )
 MAX_LABEL_VALUE = 253
 # The prober paces sends on ticks of at least 10 ms; twice that is the shortest
-# interval it honours exactly (tests/test_engine_clock.py).
+# interval it honours exactly (tests/test_prober_scripted.py).
 MIN_INTERVAL_SECONDS = 0.02
 
 
@@ -236,7 +241,7 @@ class Settings(BaseSettings):
         description='peers file: JSON list of {"name": ..., "ipAddress": ...}, re-read on change',
     )
     peers_file_poll_interval: float = Field(
-        default=2.0, gt=0, description="seconds between checks of the peers file"
+        default=2.0, ge=0.1, description="seconds between checks of the peers file"
     )
     kubeconfig: Path | None = Field(
         default=None, description="kubeconfig for running outside a cluster"
@@ -258,7 +263,7 @@ class Settings(BaseSettings):
         description="a target outside the cluster (repeatable)",
     )
     resolve_interval: float = Field(
-        default=60.0, gt=0, description="seconds between DNS lookups of external targets"
+        default=60.0, ge=1, description="seconds between DNS lookups of external targets"
     )
     icmp_mode: IcmpMode = Field(
         default=IcmpMode.AUTO,
@@ -295,7 +300,7 @@ class Settings(BaseSettings):
         description="textfile name prefix; the file is <dir>/<prefix><node>.prom",
     )
     textfile_interval: float = Field(
-        default=10.0, gt=0, description="seconds between textfile rewrites"
+        default=10.0, ge=1, description="seconds between textfile rewrites"
     )
     tls_cert_file: Path | None = Field(
         default=None, description="serve HTTPS with this certificate (PEM; re-read when it changes)"
@@ -305,7 +310,8 @@ class Settings(BaseSettings):
     )
     tls_client_ca_file: Path | None = Field(
         default=None,
-        description="require client certificates signed by this CA (PEM) on every endpoint",
+        description="/metrics needs a client certificate signed by this CA (PEM); "
+        "the health endpoints do not",
     )
     metrics_auth: MetricsAuth = Field(
         default=MetricsAuth.NONE,
@@ -487,6 +493,7 @@ def env_for(name: str) -> str:
 def build_parser(prog: str = "node-ping-exporter") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
+        allow_abbrev=False,  # --check must not start the agent where --check-config checks
         description="Ping every peer node continuously and export per-peer loss and RTT "
         "for Prometheus. Every flag can also be set as NODE_PING_<FLAG> or in --config.",
         argument_default=argparse.SUPPRESS,
@@ -532,7 +539,40 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid setting 'config': {path} must hold a mapping of settings")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key, value in values.items():
+        _check_yaml_type(key, value)
+    return values
+
+
+def _check_yaml_type(key: str, value: Any) -> None:
+    """In the file, types are the file's own: a list is a list, a number a number, true
+    a boolean. (Flags and environment variables are text, parsed by the model; the same
+    leniency must not let ``peers: "a=1.2.3.4"`` or ``window: "30"`` through here.)"""
+    field = Settings.model_fields.get(key)
+    if field is None or value is None:
+        return  # unknown keys: the model names them
+    annotation = field.annotation
+    expected: tuple[type, ...]
+    if annotation is bool:
+        expected, what = (bool,), "true or false"
+    elif annotation is float:
+        expected, what = (int, float), "a number"
+    elif annotation is int:
+        expected, what = (int,), "a whole number"
+    elif getattr(annotation, "__origin__", None) is list:
+        expected, what = (list,), "a list"
+    elif annotation in (str, Path, Path | None) or (
+        isinstance(annotation, type) and issubclass(annotation, Enum)
+    ):
+        expected, what = (str,), "text"
+    else:
+        return
+    if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+        raise ConfigError(
+            f"invalid setting '{key}' ({flag_for(key)} / {env_for(key)}) in the config file: "
+            f"must be {what}, got {value!r}"
+        )
 
 
 def describe_error(exc: ValidationError) -> str:

@@ -473,13 +473,19 @@ def main(argv: list[str]) -> int:
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"for the whole answer to each query (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"for the whole answer to each query, up to 4 queries (default {DEFAULT_TIMEOUT_S:g})",
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", args.window):
         parser.error(f"argument --window: '{args.window}' is not a Prometheus duration (e.g. 10m)")
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         parser.error(f"argument --timeout: {args.timeout:g} is not a positive number of seconds")
+    if not 0 <= args.loss_threshold < 1:  # NaN fails too: every comparison would be false
+        parser.error(f"argument --loss-threshold: {args.loss_threshold:g} is not in [0, 1)")
+    if not (args.rtt_threshold_ms >= 0 and math.isfinite(args.rtt_threshold_ms)):
+        parser.error(
+            f"argument --rtt-threshold-ms: {args.rtt_threshold_ms:g} is not a number of ms"
+        )
     url = urllib.parse.urlsplit(args.prometheus)
     if url.scheme not in ("http", "https") or not url.netloc:
         parser.error(f"argument --prometheus: '{args.prometheus}' is not an http(s) URL")

@@ -185,7 +185,8 @@ class Prober:
         self._schedule_dirty = True
 
     def stop(self) -> None:
-        """Send nothing more; run() returns within one tick (≤ MAX_TICK_SECONDS)."""
+        """Send nothing more; run() returns within one tick (≤ MAX_TICK_SECONDS). For a
+        prober run on its own (tests, benchmarks); the agent's supervisor cancels it."""
         self._stopping = True
 
     async def run(self) -> None:

@@ -48,24 +48,19 @@ class PeerRenderer:
         self._labels: dict[PeerKey, str] = {}
 
     def _label_text(self, key: PeerKey) -> str:
-        text = self._labels.get(key)
-        if text is None:
-            if key.kind is PeerKind.NODE:
-                names, values = NODE_LABELS, (self.node_name, key.name, key.address)
-            else:
-                names, values = EXTERNAL_LABELS, (self.node_name, key.name, key.host)
-            text = (
-                "{"
-                + ",".join(
-                    f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True)
-                )
-                + "}"
-            )
-            self._labels[key] = text
-        return text
+        if key.kind is PeerKind.NODE:
+            names, values = NODE_LABELS, (self.node_name, key.name, key.address)
+        else:
+            names, values = EXTERNAL_LABELS, (self.node_name, key.name, key.host)
+        pairs = (f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
+        return "{" + ",".join(pairs) + "}"
 
     def render(self, peers: list[Peer], openmetrics: bool) -> str:
-        self._labels = {p.key: self._labels[p.key] for p in peers if p.key in self._labels}
+        # Scrapes run in several HTTP threads at once: each reads the cache it found and
+        # builds its own for the peers of now, swapped in whole at the end.
+        cache, fresh = self._labels, {}
+        for peer in peers:
+            fresh[peer.key] = cache.get(peer.key) or self._label_text(peer.key)
         out: list[str] = []
         for kind, families in PEER_FAMILIES:
             sent, received, rtt_sum, rtt_sq, low, high, mdev = (f.name for f in families)
@@ -73,7 +68,7 @@ class PeerRenderer:
             for peer in peers:
                 if peer.key.kind is not kind:
                     continue
-                labels = self._label_text(peer.key)
+                labels = fresh[peer.key]
                 n_sent, n_received, total, squares = peer.stats.counters()
                 lines[0].append(f"{sent}{labels} {n_sent}\n")
                 lines[1].append(f"{received}{labels} {n_received}\n")
@@ -87,6 +82,7 @@ class PeerRenderer:
             for family, samples in zip(families, lines, strict=True):
                 out.append(_header(family, openmetrics))
                 out.extend(samples)
+        self._labels = fresh
         return "".join(out)
 
 

@@ -29,6 +29,15 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(_escape, text).encode("utf-8", "backslashreplace").decode()
 
 
+def _field(value: object) -> str:
+    """A field's value, logfmt-style: quoted when it holds a space, '=' or a quote, so a
+    value cannot pose as further fields."""
+    text = one_line(str(value))
+    if text == "" or any(c in text for c in ' ="'):
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
 def _extras(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
@@ -51,11 +60,11 @@ class JsonFormatter(logging.Formatter):
 class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        fields = "".join(f" {k}={one_line(str(v))}" for k, v in _extras(record).items())
+        fields = "".join(f" {k}={_field(v)}" for k, v in _extras(record).items())
         message = one_line(record.getMessage())
         line = f"{stamp}Z {record.levelname.lower():7} {record.name}: {message}{fields}"
         if record.exc_info:
-            line += " exception=" + one_line(self.formatException(record.exc_info))
+            line += " exception=" + _field(self.formatException(record.exc_info))
         return line
 
 

@@ -5,20 +5,23 @@ the textfile writer, the HTTP server) has a ``name``, an async ``run()`` that
 works until it is cancelled, and ``collect()``, the metric families it owns.
 The :class:`Supervisor` starts each one as a task. A component whose ``run()``
 raises or returns is never silently gone: the failure is logged and counted,
-and the component is restarted after a capped, doubling backoff — or, for a
-component marked critical, the agent ends with one line saying why. Stopping
-cancels every task and waits a bounded time.
+and the component is restarted after a capped, doubling backoff. One that keeps
+failing — ``max_failures`` times in a row, each soon after its start — ends
+the agent with one line saying why (exit 1), so that the kubelet restarts the
+container and the crash loop shows. Stopping cancels every task and waits a
+bounded time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 from prometheus_client.core import Metric
 
@@ -30,6 +33,9 @@ BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 # A component that ran this long before failing starts its backoff afresh.
 HEALTHY_RUN_SECONDS = 60.0
+# Failures in a row, each within HEALTHY_RUN_SECONDS of its start, that end the agent:
+# with the backoff above, about a minute of trying.
+MAX_FAILURES = 6
 
 
 class AgentFailed(Exception):
@@ -61,39 +67,44 @@ class Supervisor:
         self.components: list[Component] = []
         self.restarts: dict[str, int] = {}
         self.exceptions = 0  # also unexpected errors the event loop reports
-        self.fatal: str | None = None  # why a critical component ended the agent
+        self.fatal: str | None = None  # why a failing component ended the agent
         self.ended = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, component: Component, critical: bool = False) -> None:
+    def start(self, component: Component, max_failures: int = MAX_FAILURES) -> None:
         self.components.append(component)
         self.restarts[component.name] = 0
-        task = asyncio.create_task(self._supervise(component, critical), name=component.name)
+        task = asyncio.create_task(self._supervise(component, max_failures), name=component.name)
         self._tasks.append(task)
 
-    async def _supervise(self, component: Component, critical: bool) -> None:
+    async def _supervise(self, component: Component, max_failures: int) -> None:
         backoff = self.backoff_first
+        failures = 0
         while True:
             started = self.clock()
             try:
                 await component.run()
                 problem = "stopped by itself"
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # stopping: the supervisor cancelled it
+                problem = "cancelled from inside"
             except Exception as exc:
                 self.exceptions += 1
                 problem = f"{type(exc).__name__}: {exc}"
                 log.debug("component failure", exc_info=True)
-            if critical:
-                self.fatal = f"{component.name} failed: {problem}"
+            if self.clock() - started >= HEALTHY_RUN_SECONDS:
+                backoff, failures = self.backoff_first, 0
+            failures += 1
+            if failures >= max_failures:
+                self.fatal = f"{component.name} failed {failures} times in a row: {problem}"
                 log.error(
-                    "component failed, stopping the agent",
+                    "component keeps failing, stopping the agent",
                     extra={"component": component.name, "problem": problem},
                 )
                 self.ended.set()
                 return
-            if self.clock() - started >= HEALTHY_RUN_SECONDS:
-                backoff = self.backoff_first
             self.restarts[component.name] += 1
             log.error(
                 "component failed, restarting",
@@ -145,3 +156,25 @@ async def in_thread(name: str, target: Callable[[], None], stop: Callable[[], No
         await done
     finally:
         await asyncio.to_thread(stop)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def call_in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """A blocking call (a file read or write, a name lookup) in a daemon thread of its
+    own: not the loop's shared pool, which asyncio.run waits for at exit, so a call
+    that hangs can neither block other work nor hold up the agent's exit. A caller
+    that stops waiting (cancelled, timed out) leaves the call to finish on its own."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # running: giving up on it cannot cancel it
+
+    def work() -> None:
+        try:
+            future.set_result(func(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name=getattr(func, "__name__", "call"), daemon=True).start()
+    return await asyncio.wrap_future(future)

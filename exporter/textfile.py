@@ -28,6 +28,7 @@ from prometheus_client.core import Metric
 from .config import ConfigError
 from .exposition import Render
 from .metric_table import TEXTFILE_WRITE_ERRORS
+from .supervisor import call_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ class TextfileWriter:
         self.write_errors = 0
         self._dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._changed = asyncio.Event()
+        self._writing: asyncio.Future[None] | None = None
 
     def close(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            return  # a write still running uses the descriptor: the exit closes it
         os.close(self._dir_fd)
 
     def _is_our_temporary(self, name: str) -> bool:
@@ -107,13 +111,13 @@ class TextfileWriter:
     async def run(self) -> None:
         """Rewrite every interval or on request, until cancelled."""
         while True:
+            self._changed.clear()  # before rendering: a change during the write is not lost
             await self.write_once()
-            self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.interval)
 
     async def write_once(self) -> None:
-        write = asyncio.ensure_future(asyncio.to_thread(self.write))
+        write = self._writing = asyncio.ensure_future(call_in_thread(self.write))
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:

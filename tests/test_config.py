@@ -126,6 +126,13 @@ def test_lists_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
         # Defect 14: a peer name cannot carry a newline into logs or labels.
         (["--peer", "a\nb=127.0.0.1"], {}, "invalid setting 'peers' (item 1)"),
         (["--external-target", "bad\x1bname=127.0.0.1"], {}, "must be printable"),
+        # Found in review: names the C library reads as IPv4 addresses, and abbreviations.
+        (["--external-target", "x=1.2.3"], {}, "'1.2.3' is neither an IP address nor a DNS"),
+        (["--external-target", "y=0x7f.1"], {}, "invalid setting 'external_targets'"),
+        (["--external-target", "2130706433"], {}, "invalid setting 'external_targets'"),
+        (["--check"], {}, "unrecognized arguments: --check"),
+        (["--resolve-interval", "0.001"], {}, "invalid setting 'resolve_interval'"),
+        (["--textfile-interval", "0.001"], {}, "invalid setting 'textfile_interval'"),
         # Defect 11: two targets with one name would mislabel each other's data.
         (
             ["--external-target", "dns=127.0.0.1", "--external-target", "dns=127.0.0.2"],
@@ -171,10 +178,16 @@ def test_bad_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         ("interval: .inf\n", "invalid setting 'interval'"),
         ("timeout: .nan\n", "invalid setting 'timeout'"),
         # Defect 9: a scalar where a list is expected, and loose coercions.
-        ("peers: 5\n", "invalid setting 'peers' (--peer / NODE_PING_PEERS): must be a list"),
+        (
+            "peers: 5\n",
+            "invalid setting 'peers' (--peer / NODE_PING_PEERS) in the config file: must be a list",
+        ),
         ("external_targets: 5\n", "invalid setting 'external_targets'"),
         ("address_types: true\n", "invalid setting 'address_types'"),
-        ("window: true\n", "invalid setting 'window' (--window / NODE_PING_WINDOW): must be a"),
+        (
+            "window: true\n",
+            "invalid setting 'window' (--window / NODE_PING_WINDOW) in the config file: must be a",
+        ),
         ("interval: false\n", "invalid setting 'interval'"),
         ("ping_self: 1\n", "invalid setting 'ping_self'"),
         ("node_name: 5\n", "invalid setting 'node_name'"),
@@ -185,6 +198,14 @@ def test_bad_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             "two targets are named 'x'",
         ),
         ("peers: [[1, 2]]\n", "invalid setting 'peers' (item 1)"),
+        # Found in review: text where the file can say what it means.
+        ("peers: 'a=10.0.0.1'\n", "invalid setting 'peers' (--peer / NODE_PING_PEERS) in the"),
+        ("external_targets: example.com\n", "must be a list, got 'example.com'"),
+        ("address_types: InternalIP\n", "invalid setting 'address_types'"),
+        ("window: '30'\n", "invalid setting 'window' (--window / NODE_PING_WINDOW) in the"),
+        ("max_peers: 1.0\n", "must be a whole number"),
+        ("log_level: 5\n", "must be text"),
+        ("peers_file: [a]\n", "invalid setting 'peers_file'"),
     ):
         path.write_text(content)
         with pytest.raises(ConfigError) as error:

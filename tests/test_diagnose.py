@@ -671,6 +671,9 @@ def test_visible(name: str, shown: str) -> None:
         (["--timeout", "0"], "argument --timeout: 0 is not a positive number of seconds"),
         (["--timeout", "nan"], "argument --timeout: nan is not a positive number of seconds"),
         (["--timeout", "soon"], "argument --timeout: invalid float value: 'soon'"),
+        (["--loss-threshold", "nan"], "argument --loss-threshold: nan is not in [0, 1)"),
+        (["--loss-threshold", "1.5"], "argument --loss-threshold: 1.5 is not in [0, 1)"),
+        (["--rtt-threshold-ms", "inf"], "argument --rtt-threshold-ms: inf is not a number of ms"),
     ],
 )
 def test_bad_timeout(args: list[str], what: str, capsys: pytest.CaptureFixture[str]) -> None:

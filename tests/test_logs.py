@@ -35,7 +35,7 @@ def test_plain_exceptions_stay_on_the_line() -> None:
         entry = record("failed")
         entry.exc_info = sys.exc_info()
     line = PlainFormatter().format(entry)
-    assert "\n" not in line and "exception=Traceback" in line and "ValueError: peer-a\\n" in line
+    assert "\n" not in line and 'exception="Traceback' in line and "ValueError: peer-a\\n" in line
 
 
 @pytest.mark.parametrize("value", [FORGED, "lone \udcff surrogate", "\u2028line separator"])
@@ -50,3 +50,10 @@ def test_one_line_keeps_printable_text() -> None:
     assert one_line("node-1 → node-2: 30 % loss") == "node-1 → node-2: 30 % loss"
     assert one_line("a\r\nb\tc\x00") == "a\\r\\nb\\tc\\x00"
     assert one_line("bad \udcff") == "bad \\udcff"
+
+
+def test_a_value_cannot_pose_as_more_fields() -> None:
+    line = PlainFormatter().format(record("resolved", target="x problem=resolved", n=3))
+    assert line.endswith(' target="x problem=resolved" n=3')
+    line = PlainFormatter().format(record("ok", target='say "hi"', empty=""))
+    assert 'target="say \\"hi\\""' in line and 'empty=""' in line

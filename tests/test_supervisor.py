@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.core import Metric
 
-from exporter.supervisor import Supervisor
+from exporter.supervisor import MAX_FAILURES, Supervisor
 
 
 class Part:
@@ -82,16 +82,49 @@ def test_a_failing_part_is_restarted_with_backoff_and_counted(
     assert "stopped by itself" in {getattr(r, "problem", None) for r in failures}
 
 
-def test_a_critical_part_ends_the_agent_with_a_reason() -> None:
+def test_a_part_that_keeps_failing_ends_the_agent_with_a_reason() -> None:
     async def scenario() -> Supervisor:
-        supervisor = Supervisor("me")
-        supervisor.start(Part("vital", failures=1), critical=True)
+        async def no_wait(seconds: float) -> None:
+            await asyncio.sleep(0)
+
+        supervisor = Supervisor("me", sleep=no_wait)
+        supervisor.start(Part("vital", failures=100))
+        supervisor.start(Part("flaky", failures=3))  # fewer than MAX_FAILURES: keeps going
         await asyncio.wait_for(supervisor.ended.wait(), 1.0)
         await supervisor.stop(1.0)
         return supervisor
 
     supervisor = asyncio.run(scenario())
-    assert supervisor.fatal == "vital failed: RuntimeError: boom 1"
+    assert (
+        supervisor.fatal
+        == f"vital failed {MAX_FAILURES} times in a row: RuntimeError: boom {MAX_FAILURES}"
+    )
+    assert supervisor.restarts == {"vital": MAX_FAILURES - 1, "flaky": 3}
+
+
+def test_a_cancellation_from_inside_is_a_failure_not_a_silent_stop() -> None:
+    class Inner(Part):
+        async def run(self) -> None:
+            self.runs += 1
+            if self.runs == 1:
+                inner = asyncio.ensure_future(asyncio.sleep(10))
+                inner.cancel()
+                await inner  # raises CancelledError, though nobody cancelled the part
+            await asyncio.Event().wait()
+
+    async def scenario() -> tuple[Supervisor, Inner]:
+        async def no_wait(seconds: float) -> None:
+            await asyncio.sleep(0)
+
+        supervisor, part = Supervisor("me", sleep=no_wait), Inner("inner", 0)
+        supervisor.start(part)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert await supervisor.stop(1.0)
+        return supervisor, part
+
+    supervisor, part = asyncio.run(scenario())
+    assert part.runs == 2 and supervisor.restarts == {"inner": 1}
 
 
 def test_stop_is_bounded_even_for_a_part_that_ignores_it() -> None:

@@ -14,9 +14,7 @@ last round is not started again, so there is at most one thread per target.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 from collections.abc import Iterator
 
 from icmplib import resolve
@@ -25,6 +23,7 @@ from prometheus_client.core import Metric
 from ..config import ExternalTarget, is_ip, normalise_ip
 from ..metric_table import RESOLVE_ERRORS, TARGET_INFO
 from ..peers import PeerKey, PeerKind, PeerTable
+from ..supervisor import call_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class ExternalTargets:
         for target in targets:
             if target not in self._names:
                 self.addresses[target.name] = normalise_ip(target.host)
-        self._lookups: dict[str, concurrent.futures.Future[list[str]]] = {}
+        self._lookups: dict[str, asyncio.Future[list[str]]] = {}
         self._publish()
 
     def _publish(self) -> None:
@@ -85,9 +84,10 @@ class ExternalTargets:
         try:
             if pending is not None and not pending.done():
                 raise TimeoutError("the previous lookup has not returned yet")
-            future = _lookup_in_thread(target.host)
-            self._lookups[target.name] = future
-            found = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            lookup = asyncio.ensure_future(call_in_thread(resolve, target.host))
+            lookup.add_done_callback(_retrieved)  # one that ends after we gave up on it
+            self._lookups[target.name] = lookup
+            found = await asyncio.wait_for(asyncio.shield(lookup), self.timeout)
             return normalise_ip(found[0])
         except Exception as exc:  # NameLookupError, timeout: keep the last address
             self.resolve_errors[target.name] += 1
@@ -112,15 +112,6 @@ class ExternalTargets:
         yield TARGET_INFO.samples(((me, n, hosts[n], a), 1) for n, a in addresses)
 
 
-def _lookup_in_thread(host: str) -> concurrent.futures.Future[list[str]]:
-    future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
-    future.set_running_or_notify_cancel()  # running: a timed-out wait cannot cancel it
-
-    def work() -> None:
-        try:
-            future.set_result(resolve(host))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="resolve", daemon=True).start()
-    return future
+def _retrieved(future: asyncio.Future[list[str]]) -> None:
+    if not future.cancelled():
+        future.exception()  # seen: asyncio does not report it as never retrieved

@@ -10,6 +10,7 @@ nesting deep enough to exhaust the parser, names that are not node names).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from prometheus_client.core import Metric
 
 from ..config import ConfigError, check_node_name, normalise_ip
 from ..peers import NodeAddress
+from ..supervisor import call_in_thread
 from . import DiscoveryState, NodeSink
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # ~100,000 nodes; larger is a mistake, not a cluster
@@ -99,38 +101,52 @@ class PeersFileDiscovery:
         # Kept on the object, not in run(): a restarted run() goes on from the last
         # good content, never from the start-up file.
         self.last_good, nodes = initial
+        self._last_bad, self._last_problem = b"", ""
         sink.update(nodes)
         state.succeeded()
 
-    def check(self, text: bytes | None, problem: str = "") -> None:
-        """Apply one read of the file (None: it could not be read, ``problem`` says why).
+    def check(
+        self, text: bytes | None, problem: str = "", nodes: list[NodeAddress] | None = None
+    ) -> None:
+        """Apply one read of the file: its bytes and the nodes parsed from them, or None
+        and the ``problem`` (unreadable or malformed).
 
         A failure is logged and counted once per episode (until the file is good
         again); meanwhile the last good peer list stays in force.
         """
-        if text is not None and text != self.last_good:
-            try:
-                nodes = parse_peers(text, self.path)
-            except PeersFileError as exc:
-                text, problem = None, str(exc)
-            else:
-                self.sink.update(nodes)
-                self.last_good = text
         if text is None:
             if self.state.up:
                 self.state.failed(problem)
             return
+        if nodes is not None:
+            self.sink.update(nodes)
+            self.last_good = text
         self.state.succeeded()
+
+    def _read(self) -> tuple[bytes, list[NodeAddress] | None]:
+        """Read and, when the content is new, parse (in a thread: a large file must not
+        stall the prober). A content already found bad is not parsed again."""
+        text = read_bytes(self.path)
+        if text == self.last_good:
+            return text, None
+        digest = hashlib.sha256(text).digest()
+        if digest == self._last_bad:
+            raise PeersFileError(self._last_problem)
+        try:
+            return text, parse_peers(text, self.path)
+        except PeersFileError as exc:
+            self._last_bad, self._last_problem = digest, str(exc)
+            raise
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
-                text = await asyncio.to_thread(read_bytes, self.path)
+                text, nodes = await call_in_thread(self._read)
             except PeersFileError as exc:
                 self.check(None, str(exc))
                 continue
-            self.check(text)
+            self.check(text, nodes=nodes)
 
     def collect(self) -> Iterator[Metric]:
         yield from self.state.collect()
