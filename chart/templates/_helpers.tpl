@@ -77,8 +77,8 @@ chgrps and chmods the directory at every pod start.
 */}}
 {{- define "npe.textfileHostPath" -}}
 {{- $path := toString .Values.textfile.hostPath }}
-{{- if or (not (regexMatch `^(/[A-Za-z0-9._+@-]+){2,}$` $path)) (regexMatch `(^|/)\.\.?(/|$)|^/(etc|proc|sys|dev|boot|usr|bin|sbin|lib[^/]*|root|var/lib/(kubelet|containerd|containers|docker|etcd|cni)|opt/cni)(/|$)|^/(var|home|opt|srv|mnt|media)/[^/]+$` $path) }}
-{{- fail (printf "textfile.hostPath %q is not a dedicated directory: it must be absolute and normalised (no //, . or .., no trailing /), have at least two components, and not be in /etc, /proc, /sys, /dev, /boot, /usr, /bin, /sbin, /lib*, /root, kubelet, container runtime, etcd or CNI state, nor be a direct child of /var, /home, /opt, /srv, /mnt or /media (see the chart README)" $path) }}
+{{- if or (not (regexMatch `^(/[A-Za-z0-9._+@-]+)+/[A-Za-z0-9._+@-]*(textfile|node[-_]exporter|node-ping)[A-Za-z0-9._+@-]*$` $path)) (regexMatch `(^|/)\.\.?(/|$)|^/(etc|proc|sys|dev|boot|usr|bin|sbin|lib[^/]*|root|var/lib/(kubelet|containerd|containers|docker|etcd|cni)|opt/cni)(/|$)|^/(var|home|opt|srv|mnt|media)/[^/]+$` $path) }}
+{{- fail (printf "textfile.hostPath %q is not a dedicated directory: it must be absolute and normalised (no //, . or .., no trailing /), have at least two components, the last naming what it is for (holding textfile, node-exporter, node_exporter or node-ping), and not be in /etc, /proc, /sys, /dev, /boot, /usr, /bin, /sbin, /lib*, /root, kubelet, container runtime, etcd or CNI state, nor be a direct child of /var, /home, /opt, /srv, /mnt or /media (see the chart README)" $path) }}
 {{- end }}
 {{- $path }}
 {{- end }}
