@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .auth import KubernetesAuthorizer
+from .auth import RESULTS, KubernetesAuthorizer
 from .config import ConfigError, DiscoveryMode, MetricsAuth, split_listen_address
 from .discovery import DiscoveryState, NodeSink
 from .discovery.external import ExternalTargets
@@ -31,12 +31,14 @@ from .discovery.static import StaticDiscovery
 from .engine import Prober
 from .exposition import Exposition
 from .icmp import EchoSocket, open_echo_socket, resolve_mode
+from .metric_table import HTTP_CLOSED_CONNECTIONS, METRICS_AUTH_REQUESTS, TLS_RELOAD_ERRORS
 from .metrics import AgentCollector
 from .peers import PeerTable
 from .preflight import Plan
 from .server import make_server
 from .supervisor import AgentFailed, Component, Supervisor, in_thread
 from .textfile import TextfileWriter
+from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +64,33 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, server: Any) -> None:
+    def __init__(
+        self,
+        server: Any,
+        node_name: str,
+        tls: TlsFiles | None = None,
+        authorizer: KubernetesAuthorizer | None = None,
+    ) -> None:
         self.server = server
+        self.node_name = node_name
+        self.tls = tls
+        self.authorizer = authorizer
 
     async def run(self) -> None:
         await in_thread("http", self.server.serve_forever, self.server.shutdown)
         raise RuntimeError("the HTTP server stopped serving")
 
     def collect(self) -> Iterator[Metric]:
-        return iter(())
+        me = self.node_name
+        closed = sorted(dict(self.server.closed).items())
+        yield HTTP_CLOSED_CONNECTIONS.samples(((me, reason), n) for reason, n in closed)
+        if self.tls is not None:
+            yield TLS_RELOAD_ERRORS.sample(self.tls.reload_errors, me)
+        if self.authorizer is not None:
+            decisions = dict(self.authorizer.decisions)
+            yield METRICS_AUTH_REQUESTS.samples(
+                ((me, RESULTS[status]), n) for status, n in sorted(decisions.items())
+            )
 
     def close(self) -> None:
         self.server.server_close()
@@ -152,9 +172,9 @@ class Agent:
         registry.register(ProcessCollector(registry=None))
         exposition = Exposition(self.table, s.node_name, registry)
         host, port = split_listen_address(s.listen_address)
-        authorize = None
+        authorizer = None
         if s.metrics_auth is MetricsAuth.KUBERNETES:
-            authorize = KubernetesAuthorizer(self.plan.kubernetes_client).check
+            authorizer = KubernetesAuthorizer(self.plan.kubernetes_client)
         try:
             server = make_server(
                 host,
@@ -163,7 +183,7 @@ class Agent:
                 self.healthy,
                 self.ready,
                 tls=self.plan.tls,
-                authorize=authorize,
+                authorize=authorizer.check if authorizer else None,
             )
         except OSError as exc:
             raise ConfigError(
@@ -171,7 +191,7 @@ class Agent:
                 f"cannot listen on {s.listen_address}: "
                 f"{exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
-        return HttpServer(server)
+        return HttpServer(server, s.node_name, self.plan.tls, authorizer)
 
     def _textfile_writer(self) -> TextfileWriter:
         s = self.settings

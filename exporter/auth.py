@@ -37,6 +37,7 @@ REVIEW_TIMEOUT_SECONDS = 5.0
 
 # (HTTP status, reason): 200 allowed, 401 unauthenticated, 403 forbidden, 503 cannot check
 Decision = tuple[int, str]
+RESULTS = {200: "allowed", 401: "unauthenticated", 403: "forbidden", 503: "unavailable"}
 
 
 class KubernetesAuthorizer:
@@ -60,9 +61,15 @@ class KubernetesAuthorizer:
         self._reviewing = threading.BoundedSemaphore(REVIEWS_AT_ONCE)
         self._warned = -WARN_EVERY_SECONDS
         self.reviews = 0  # API calls made, for tests and the curious
+        self.decisions = {status: 0 for status in RESULTS}  # answers by HTTP status
 
     def check(self, authorization: str | None, path: str) -> Decision:
         """Decide on one request from its Authorization header and path."""
+        decision = self._decide(authorization, path)
+        self.decisions[decision[0]] += 1
+        return decision
+
+    def _decide(self, authorization: str | None, path: str) -> Decision:
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

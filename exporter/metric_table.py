@@ -205,6 +205,24 @@ COMPONENT_RESTARTS = Family(
     "Restarts of a part of the agent after it failed.",
     (*SOURCE, "component"),
 )
+HTTP_CLOSED_CONNECTIONS = Family(
+    "kube_node_ping_http_closed_connections_total",
+    "counter",
+    "Connections closed because every slot was taken: evicted (the one idle longest) or refused.",
+    (*SOURCE, "reason"),
+)
+METRICS_AUTH_REQUESTS = Family(
+    "kube_node_ping_metrics_auth_requests_total",
+    "counter",
+    "Requests for /metrics checked with the API server (--metrics-auth kubernetes), by result.",
+    (*SOURCE, "result"),
+)
+TLS_RELOAD_ERRORS = Family(
+    "kube_node_ping_tls_reload_errors_total",
+    "counter",
+    "Changed certificate files that could not be loaded (the last good ones stay in use).",
+    SOURCE,
+)
 TEXTFILE_WRITE_ERRORS = Family(
     "kube_node_ping_textfile_write_errors_total", "counter", "Failed textfile writes.", SOURCE
 )
@@ -236,6 +254,9 @@ FAMILIES: tuple[Family, ...] = (
     TARGET_INFO,
     EXCEPTIONS,
     COMPONENT_RESTARTS,
+    HTTP_CLOSED_CONNECTIONS,
+    METRICS_AUTH_REQUESTS,
+    TLS_RELOAD_ERRORS,
     TEXTFILE_WRITE_ERRORS,
     BUILD_INFO,
 )

@@ -184,6 +184,7 @@ class _Server(ThreadingHTTPServer):
         self.connection_timeout = timeout  # not ``timeout``: BaseServer has its own
         self.max_connections = max_connections
         self.errors = _Throttle(log)
+        self.closed = {"evicted": 0, "refused": 0}  # connections closed at the cap
         self._room = threading.Condition()  # guards _slots; notified when one is freed
         self._slots: dict[socket.socket, _Slot] = {}
         super().__init__(address, _Handler)
@@ -203,6 +204,7 @@ class _Server(ThreadingHTTPServer):
         if self._admit(request):
             super().process_request(request, client_address)
             return
+        self.closed["refused"] += 1
         self.errors.log(
             logging.WARNING,
             "busy",
@@ -232,6 +234,7 @@ class _Server(ThreadingHTTPServer):
                     return False
             self._slots[request] = _Slot(request, time.monotonic())
         if full:
+            self.closed["evicted"] += 1
             self.errors.log(
                 logging.WARNING,
                 "evicted",

@@ -48,6 +48,7 @@ class TlsFiles:
         self._checked = 0.0
         self._failed_stamp: tuple[tuple[int, int, int], ...] | None = None
         self.reloads = 0
+        self.reload_errors = 0
         try:
             self._stamp = self._stamps()
             self._context = load_context(cert, key, client_ca)
@@ -80,6 +81,7 @@ class TlsFiles:
                 self._context = load_context(self._cert, self._key, self._client_ca)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._failed_stamp = stamp
+                self.reload_errors += 1
                 log.error(
                     "cannot load the new certificate files, keeping the last good ones",
                     extra={"problem": _problem(exc)},

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from unittest.mock import patch
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.app import HttpServer
 from exporter.config import ExternalTarget
 from exporter.discovery import DiscoveryState, NodeSink, external
 from exporter.discovery.external import ExternalTargets
@@ -93,8 +96,13 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
     state.succeeded()
     state.last_success = 1_800_000_000.0
     writer = TextfileWriter(directory / "node-ping_node-0.prom", lambda a: (b"", ""), 10, "node-0")
+    # The HTTP part's counters, scripted: what it collects is tested, not serving.
+    server: Any = SimpleNamespace(closed={"evicted": 2, "refused": 0})
+    tls: Any = SimpleNamespace(reload_errors=1)
+    authorizer: Any = SimpleNamespace(decisions={200: 5, 401: 2, 403: 1, 503: 0})
+    http = HttpServer(server, "node-0", tls, authorizer)
     supervisor = Supervisor("node-0")
-    for component in (discovery, resolver, prober, writer):
+    for component in (discovery, resolver, prober, writer, http):
         supervisor.components.append(component)
         supervisor.restarts[component.name] = 0
     registry = CollectorRegistry()
