@@ -9,6 +9,7 @@ test_timing.py, with real packets.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import heapq
 import struct
@@ -39,6 +40,7 @@ class ScriptedClock:
 
     async def sleep(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)  # let the loop run other tasks, as a real sleep would
 
 
 class ScriptedSocket:

@@ -42,7 +42,9 @@ def scheduled(prober: Prober) -> set[str]:
 
 
 @pytest.mark.parametrize("problem", list(BAD_FILES))
-def test_a_bad_file_keeps_the_last_good_list(problem: str, tmp_path: Path) -> None:
+def test_a_bad_file_keeps_the_last_good_list(
+    problem: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "nodes.json"
     path.write_bytes(peers_json(a="198.18.0.1", b="198.18.0.2", c="198.18.0.3"))
     table = PeerTable(window=5, per_peer_histogram=False)
@@ -71,6 +73,8 @@ def test_a_bad_file_keeps_the_last_good_list(problem: str, tmp_path: Path) -> No
         await until(lambda: not state.up)
         await asyncio.sleep(0.1)  # several more polls of the same bad file
         assert state.errors == 1  # once per episode
+        failing = [r for r in caplog.records if r.getMessage().startswith("discovery failing")]
+        assert len(failing) == 1  # one log line
         assert {p.key.name for p in table.snapshot()} == {"a", "b"}
         assert scheduled(prober) == {"a", "b"}  # c is not probed behind its vanished series
         assert not task.done()  # the watcher never died (and so never restarted)

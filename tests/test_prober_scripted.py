@@ -4,6 +4,7 @@ clock. The same behaviour with real packets: test_pacing.py."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import Counter, defaultdict
 
@@ -147,3 +148,22 @@ def test_more_peers_than_one_prober_can_probe_stretch_the_interval() -> None:
     assert sum(s.received for s in stats) == sum(s.sent for s in stats)  # none taken for lost
     samples = {m.name: m.samples[0].value for m in prober.collect() if m.samples}
     assert samples["kube_node_ping_probe_interval_seconds"] == expected
+
+
+def test_run_paces_through_its_clock() -> None:
+    """The prober's own loop (not drive()) on the scripted clock: its sleeps move the
+    clock, and it stops within a round when asked."""
+    prober, clock, sock, _ = setup(PEERS[:10], interval=0.1)
+    start = clock.now
+
+    async def scenario() -> None:
+        task = asyncio.create_task(prober.run())
+        while clock.now < start + 1.0:
+            await asyncio.sleep(0)
+        prober.stop()
+        await asyncio.wait_for(task, 1.0)
+
+    asyncio.run(scenario())
+    per_peer = Counter(address for _, address, _ in sock.sent)
+    assert all(9 <= per_peer[a] <= 11 for a in PEERS[:10]), per_peer
+    assert prober.stats.loop_lag_seconds == 0.0 and prober.stats.skipped_probes == 0
