@@ -263,7 +263,7 @@ class Settings(BaseSettings):
         description="a target outside the cluster (repeatable)",
     )
     resolve_interval: float = Field(
-        default=60.0, ge=1, description="seconds between DNS lookups of external targets"
+        default=60.0, ge=0.1, description="seconds between DNS lookups of external targets"
     )
     icmp_mode: IcmpMode = Field(
         default=IcmpMode.AUTO,
@@ -300,7 +300,7 @@ class Settings(BaseSettings):
         description="textfile name prefix; the file is <dir>/<prefix><node>.prom",
     )
     textfile_interval: float = Field(
-        default=10.0, ge=1, description="seconds between textfile rewrites"
+        default=10.0, ge=0.01, description="seconds between textfile rewrites"
     )
     tls_cert_file: Path | None = Field(
         default=None, description="serve HTTPS with this certificate (PEM; re-read when it changes)"
