@@ -92,56 +92,45 @@ class _Throttle:
         self.logger.log(level, msg, extra=extra)
 
 
-class _Reader(io.RawIOBase):
-    """Reads the socket, giving up at ``deadline`` when one is set.
+class _Deadlined(io.RawIOBase):
+    """The socket, read or written until ``deadline`` (when one is set).
 
-    A socket timeout bounds each ``recv`` only: a client trickling a byte a second
-    would hold its connection, and thread, for ever. The deadline bounds the sum."""
+    A socket timeout bounds each ``recv`` or ``send`` only: a client trickling a
+    byte a second, in or out, would hold its connection, and thread, for ever. The
+    deadline bounds the sum."""
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, timeout: float, late: str) -> None:
         super().__init__()
         self.sock = sock
         self.timeout = timeout
+        self.late = late  # what a TimeoutError says
         self.deadline: float | None = None
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        if self.deadline is None:
-            return self.sock.recv_into(buffer)
-        left = self.deadline - time.monotonic()
+    def writable(self) -> bool:
+        return True
+
+    def _arm(self) -> None:
+        left = self.timeout if self.deadline is None else self.deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError("no complete request header in time")
+            raise TimeoutError(self.late)
         self.sock.settimeout(left)
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        self._arm()
         try:
             return self.sock.recv_into(buffer)
         finally:
-            self.sock.settimeout(self.timeout)  # for writes: the whole timeout
-
-
-class _Writer(io.RawIOBase):
-    """Writes to the socket, giving up at ``deadline``: a per-send timeout alone lets a
-    client that reads a byte now and then hold the connection for ever."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        super().__init__()
-        self.sock = sock
-        self.timeout = timeout
-        self.deadline: float | None = None
-
-    def writable(self) -> bool:
-        return True
+            self.sock.settimeout(self.timeout)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         sent = 0
         try:
             while sent < len(view):
-                left = self.timeout if self.deadline is None else self.deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the client did not take its answer in time")
-                self.sock.settimeout(left)
+                self._arm()
                 sent += self.sock.send(view[sent : sent + 65536])
         finally:
             self.sock.settimeout(self.timeout)
@@ -331,10 +320,12 @@ class _Handler(BaseHTTPRequestHandler):
         timeout = self.server.connection_timeout
         self.connection.settimeout(timeout)
         self.rfile.close()  # the socket's own reader and writer: replaced by ones with deadlines
-        self.reader = _Reader(self.connection, timeout)
+        self.reader = _Deadlined(self.connection, timeout, "no complete request header in time")
         self.rfile = io.BufferedReader(self.reader)
         self.wfile.close()
-        self.writer = _Writer(self.connection, timeout)
+        self.writer = _Deadlined(
+            self.connection, timeout, "the client did not take its answer in time"
+        )
         self.wfile = io.BufferedWriter(self.writer)
 
     def handle_one_request(self) -> None:
