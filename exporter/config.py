@@ -25,7 +25,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -96,11 +95,9 @@ class ExternalTarget(BaseModel):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not is_ip(value) and not HOSTNAME.fullmatch(value):
-            raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
-        if not is_ip(value) and NUMERIC_LAST_LABEL.search(value):
-            # 1.2.3 or 0x7f.1 would not go to DNS: the C library reads them as an
-            # IPv4 address (1.2.0.3, 127.0.0.1), not the one meant.
+        # A name ending in a number (1.2.3, 0x7f.1) would not go to DNS: the C library
+        # reads it as an IPv4 address (1.2.0.3, 127.0.0.1), not the one meant.
+        if not is_ip(value) and (not HOSTNAME.fullmatch(value) or NUMERIC_LAST_LABEL.search(value)):
             raise ValueError(f"'{value}' is neither an IP address nor a DNS name")
         return value
 
@@ -320,20 +317,6 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat = Field(default=LogFormat.PLAIN, description="plain or json")
     log_level: str = Field(default="info", description="debug, info, warning or error")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_loose_coercion(cls, value: Any, info: ValidationInfo) -> Any:
-        """A YAML ``true`` is not the number 1, nor ``1`` a boolean: refuse both
-        (flags and environment variables arrive as text and parse as usual)."""
-        annotation = cls.model_fields[info.field_name or ""].annotation
-        if annotation in (int, float) and isinstance(value, bool):
-            raise ValueError(f"must be a number, got {value!r}")
-        if annotation is bool and not isinstance(value, bool | str):
-            raise ValueError(f"must be true or false, got {value!r}")
-        if annotation in (str, Path) and not isinstance(value, str | Path):
-            raise ValueError(f"must be text, got {value!r}")
-        return value
 
     @field_validator("node_name")
     @classmethod
