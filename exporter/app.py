@@ -77,7 +77,7 @@ class HttpServer:
         self.authorizer = authorizer
 
     async def run(self) -> None:
-        await in_thread("http", self.server.serve_forever, self.server.shutdown)
+        await in_thread(self.server.serve_forever, self.server.shutdown)
         raise RuntimeError("the HTTP server stopped serving")
 
     def collect(self) -> Iterator[Metric]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -132,32 +131,6 @@ class Supervisor:
             yield from component.collect()
 
 
-async def in_thread(name: str, target: Callable[[], None], stop: Callable[[], None]) -> None:
-    """Run a blocking loop in a thread of its own (not the loop's shared pool) until it
-    returns or raises; cancelling the caller runs ``stop``, which must make it return."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def report(error: BaseException | None) -> None:
-        if not done.done():
-            done.set_exception(error) if error else done.set_result(None)
-
-    def main() -> None:
-        error: BaseException | None = None
-        try:
-            target()
-        except BaseException as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(report, error)
-
-    threading.Thread(target=main, name=name, daemon=True).start()
-    try:
-        await done
-    finally:
-        await asyncio.to_thread(stop)
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -178,3 +151,12 @@ async def call_in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs
 
     threading.Thread(target=work, name=getattr(func, "__name__", "call"), daemon=True).start()
     return await asyncio.wrap_future(future)
+
+
+async def in_thread(target: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Run a blocking loop (serve_forever, list/watch) in a thread of its own until it
+    returns or raises; cancelling the caller runs ``stop``, which must make it return."""
+    try:
+        await call_in_thread(target)
+    finally:
+        await call_in_thread(stop)

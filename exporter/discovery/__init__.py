@@ -83,3 +83,14 @@ class NodeSink:
 
     def collect(self) -> Iterator[Metric]:
         yield DISCOVERED_NODES.sample(self.discovered_nodes, self.self_name)
+
+
+class DiscoverySource:
+    """What every discovery component reports: its health and the nodes it knows."""
+
+    state: DiscoveryState
+    sink: NodeSink
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.state.collect()
+        yield from self.sink.collect()

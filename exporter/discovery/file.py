@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-from prometheus_client.core import Metric
 
 from ..config import ConfigError, check_node_name, normalise_ip
 from ..peers import NodeAddress
 from ..supervisor import call_in_thread
-from . import DiscoveryState, NodeSink
+from . import DiscoverySource, DiscoveryState, NodeSink
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # ~100,000 nodes; larger is a mistake, not a cluster
 
@@ -81,7 +78,7 @@ def load_initial(path: Path) -> tuple[bytes, list[NodeAddress]]:
         raise ConfigError(f"invalid setting 'peers_file' (--peers-file): {exc}") from None
 
 
-class PeersFileDiscovery:
+class PeersFileDiscovery(DiscoverySource):
     """Polls the peers file; every good new content replaces the peer list."""
 
     name = "discovery-file"
@@ -147,7 +144,3 @@ class PeersFileDiscovery:
                 self.check(None, str(exc))
                 continue
             self.check(text, nodes=nodes)
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.state.collect()
-        yield from self.sink.collect()

@@ -20,16 +20,14 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.core import Metric
 
 from ..config import ConfigError, normalise_ip
 from ..peers import NodeAddress
 from ..supervisor import in_thread
-from . import DiscoveryState, NodeSink
+from . import DiscoverySource, DiscoveryState, NodeSink
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class ResourceExpired(Exception):
     """410 Gone: the watch's resource version is too old; relist."""
 
 
-class KubernetesDiscovery:
+class KubernetesDiscovery(DiscoverySource):
     name = "discovery-kubernetes"
 
     def __init__(
@@ -101,11 +99,7 @@ class KubernetesDiscovery:
         """List and watch in a thread of its own until cancelled."""
         self._loop = asyncio.get_running_loop()
         self._stopped.clear()
-        await in_thread("kubernetes-discovery", self._run, self.stop)
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.state.collect()
-        yield from self.sink.collect()
+        await in_thread(self._run, self.stop)
 
     # -- worker thread --------------------------------------------------------
 

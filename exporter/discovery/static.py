@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
 
 from ..config import StaticPeer
 from ..peers import NodeAddress
-from . import DiscoveryState, NodeSink
+from . import DiscoverySource, DiscoveryState, NodeSink
 
 
-class StaticDiscovery:
+class StaticDiscovery(DiscoverySource):
     name = "discovery-static"
 
     def __init__(self, peers: list[StaticPeer], sink: NodeSink, state: DiscoveryState) -> None:
@@ -24,7 +21,3 @@ class StaticDiscovery:
     async def run(self) -> None:
         """Nothing changes: wait to be stopped."""
         await asyncio.Event().wait()
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.state.collect()
-        yield from self.sink.collect()
