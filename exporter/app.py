@@ -14,14 +14,12 @@ import errno
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .auth import RESULTS, KubernetesAuthorizer
+from .auth import KubernetesAuthorizer
 from .config import ConfigError, DiscoveryMode, MetricsAuth, split_listen_address
 from .discovery import DiscoveryState, NodeSink
 from .discovery.external import ExternalTargets
@@ -31,14 +29,12 @@ from .discovery.static import StaticDiscovery
 from .engine import Prober
 from .exposition import Exposition
 from .icmp import EchoSocket, open_echo_socket, resolve_mode
-from .metric_table import HTTP_CLOSED_CONNECTIONS, METRICS_AUTH_REQUESTS, TLS_RELOAD_ERRORS
 from .metrics import AgentCollector
 from .peers import PeerTable
 from .preflight import Plan
-from .server import make_server
-from .supervisor import AgentFailed, Component, Supervisor, in_thread
+from .server import HttpServer, make_server
+from .supervisor import AgentFailed, Component, Supervisor
 from .textfile import TextfileWriter
-from .tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -56,44 +52,6 @@ def open_sockets(raw: bool) -> dict[int, EchoSocket]:
             "no IPv6 ICMP socket; IPv6 peers will not be probed", extra={"problem": str(exc)}
         )
     return sockets
-
-
-class HttpServer:
-    """``/metrics``, ``/healthz``, ``/readyz`` served from a thread (a slow scrape
-    never delays the prober's sends); cancelling run() shuts the server down."""
-
-    name = "http"
-
-    def __init__(
-        self,
-        server: Any,
-        node_name: str,
-        tls: TlsFiles | None = None,
-        authorizer: KubernetesAuthorizer | None = None,
-    ) -> None:
-        self.server = server
-        self.node_name = node_name
-        self.tls = tls
-        self.authorizer = authorizer
-
-    async def run(self) -> None:
-        await in_thread(self.server.serve_forever, self.server.shutdown)
-        raise RuntimeError("the HTTP server stopped serving")
-
-    def collect(self) -> Iterator[Metric]:
-        me = self.node_name
-        closed = sorted(dict(self.server.closed).items())
-        yield HTTP_CLOSED_CONNECTIONS.samples(((me, reason), n) for reason, n in closed)
-        if self.tls is not None:
-            yield TLS_RELOAD_ERRORS.sample(self.tls.reload_errors, me)
-        if self.authorizer is not None:
-            decisions = dict(self.authorizer.decisions)
-            yield METRICS_AUTH_REQUESTS.samples(
-                ((me, RESULTS[status]), n) for status, n in sorted(decisions.items())
-            )
-
-    def close(self) -> None:
-        self.server.server_close()
 
 
 class Agent:

@@ -23,13 +23,18 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.core import Metric
+
+from .auth import RESULTS, KubernetesAuthorizer
 from .exposition import Render
 from .logs import one_line
+from .metric_table import HTTP_CLOSED_CONNECTIONS, METRICS_AUTH_REQUESTS, TLS_RELOAD_ERRORS
+from .supervisor import in_thread
 from .tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -430,6 +435,44 @@ def make_server(
         if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             raise
         return _Server(("0.0.0.0", port), render, healthy, ready, settings)
+
+
+class HttpServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` served from a thread (a slow scrape
+    never delays the prober's sends); cancelling run() shuts the server down."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        server: Any,
+        node_name: str,
+        tls: TlsFiles | None = None,
+        authorizer: KubernetesAuthorizer | None = None,
+    ) -> None:
+        self.server = server
+        self.node_name = node_name
+        self.tls = tls
+        self.authorizer = authorizer
+
+    async def run(self) -> None:
+        await in_thread(self.server.serve_forever, self.server.shutdown)
+        raise RuntimeError("the HTTP server stopped serving")
+
+    def collect(self) -> Iterator[Metric]:
+        me = self.node_name
+        closed = sorted(dict(self.server.closed).items())
+        yield HTTP_CLOSED_CONNECTIONS.samples(((me, reason), n) for reason, n in closed)
+        if self.tls is not None:
+            yield TLS_RELOAD_ERRORS.sample(self.tls.reload_errors, me)
+        if self.authorizer is not None:
+            decisions = dict(self.authorizer.decisions)
+            yield METRICS_AUTH_REQUESTS.samples(
+                ((me, RESULTS[status]), n) for status, n in sorted(decisions.items())
+            )
+
+    def close(self) -> None:
+        self.server.server_close()
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

@@ -19,7 +19,6 @@ from unittest.mock import patch
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.app import HttpServer
 from exporter.config import ExternalTarget
 from exporter.discovery import DiscoveryState, NodeSink, external
 from exporter.discovery.external import ExternalTargets
@@ -28,6 +27,7 @@ from exporter.engine import Prober
 from exporter.exposition import Exposition
 from exporter.metrics import AgentCollector
 from exporter.peers import NodeAddress, PeerTable
+from exporter.server import HttpServer
 from exporter.supervisor import Supervisor
 from exporter.textfile import TextfileWriter
 
