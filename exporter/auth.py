@@ -26,6 +26,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .discovery.kubernetes import describe_api_error
+from .logs import Throttle
+
 log = logging.getLogger(__name__)
 
 ALLOWED_CACHE_SECONDS = 60.0
@@ -33,6 +36,7 @@ DENIED_CACHE_SECONDS = 10.0
 CACHE_ENTRIES = 4096
 REVIEWS_AT_ONCE = 4
 WARN_EVERY_SECONDS = 10.0
+CANNOT_CHECK = "cannot check a token with the API server"
 REVIEW_TIMEOUT_SECONDS = 5.0
 
 # (HTTP status, reason): 200 allowed, 401 unauthenticated, 403 forbidden, 503 cannot check
@@ -59,7 +63,7 @@ class KubernetesAuthorizer:
         self._refused: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()
         self._lock = threading.Lock()
         self._reviewing = threading.BoundedSemaphore(REVIEWS_AT_ONCE)
-        self._warned = -WARN_EVERY_SECONDS
+        self._warnings = Throttle(log, WARN_EVERY_SECONDS)  # clients decide how often
         self.reviews = 0  # API calls made, for tests and the curious
         self.decisions = {status: 0 for status in RESULTS}  # answers by HTTP status
 
@@ -82,7 +86,9 @@ class KubernetesAuthorizer:
                 if cached is not None and cached[0] > now:
                     return cached[1]
         if not self._reviewing.acquire(blocking=False):
-            self._warn("too many token checks at once")
+            self._warnings.log(
+                logging.WARNING, "busy", CANNOT_CHECK, problem="too many token checks at once"
+            )
             return 503, "too many token checks at once"
         try:
             decision = self._review(token, path)
@@ -99,15 +105,6 @@ class KubernetesAuthorizer:
             while len(cache) > CACHE_ENTRIES:
                 cache.popitem(last=False)
         return decision
-
-    def _warn(self, problem: str) -> None:
-        """At most one line per WARN_EVERY_SECONDS: clients decide how often this fails."""
-        now = self._clock()
-        with self._lock:
-            if now - self._warned < WARN_EVERY_SECONDS:
-                return
-            self._warned = now
-        log.warning("cannot check a token with the API server", extra={"problem": problem})
 
     def _review(self, token: str, path: str) -> Decision:
         c = self._client
@@ -135,17 +132,10 @@ class KubernetesAuthorizer:
                 _request_timeout=REVIEW_TIMEOUT_SECONDS,
             )
         except Exception as exc:  # API server away, RBAC missing: refuse, say why
-            self._warn(_describe(exc))
+            self._warnings.log(
+                logging.WARNING, "api", CANNOT_CHECK, problem=describe_api_error(exc)
+            )
             return 503, "cannot check the token now"
         if access.status and access.status.allowed:
             return 200, "ok"
         return 403, f"{user.username} may not get {path}"
-
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status", None)
-    return (
-        f"API error {status}: {getattr(exc, 'reason', '')}"
-        if status
-        else f"{type(exc).__name__}: {exc}"
-    )

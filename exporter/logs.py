@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -66,6 +68,33 @@ class PlainFormatter(logging.Formatter):
         if record.exc_info:
             line += " exception=" + _field(self.formatException(record.exc_info))
         return line
+
+
+class Throttle:
+    """Logs at most one line per kind of event per ``every`` seconds, the next one
+    with how many were left out in between: a client decides how many errors there
+    are, so it must not decide how much is logged."""
+
+    def __init__(self, logger: logging.Logger, every: float) -> None:
+        self.logger = logger
+        self.every = every
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (logged at, left out since)
+
+    def log(self, level: int, kind: str, msg: str, **fields: object) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        with self._lock:
+            logged_at, left_out = self._last.get(kind, (-self.every, 0))
+            if now - logged_at < self.every:
+                self._last[kind] = (logged_at, left_out + 1)
+                return
+            self._last[kind] = (now, 0)
+        extra: dict[str, object] = {k: one_line(str(v)) for k, v in fields.items()}
+        if left_out:
+            extra["suppressed"] = left_out
+        self.logger.log(level, msg, extra=extra)
 
 
 def setup_logging(fmt: str, level: str) -> None:

@@ -32,7 +32,7 @@ from prometheus_client.core import Metric
 
 from .auth import RESULTS, KubernetesAuthorizer
 from .exposition import Render
-from .logs import one_line
+from .logs import Throttle, one_line
 from .metric_table import HTTP_CLOSED_CONNECTIONS, METRICS_AUTH_REQUESTS, TLS_RELOAD_ERRORS
 from .supervisor import in_thread
 from .tls import TlsFiles
@@ -68,33 +68,6 @@ BUSY = (
 def _client(address: Address) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-class _Throttle:
-    """Logs at most one line per kind of event per ``every`` seconds, the next one
-    with how many were left out in between: a client decides how many errors there
-    are, so it must not decide how much is logged."""
-
-    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY) -> None:
-        self.logger = logger
-        self.every = every
-        self._lock = threading.Lock()
-        self._last: dict[str, tuple[float, int]] = {}  # kind -> (logged at, left out since)
-
-    def log(self, level: int, kind: str, msg: str, **fields: object) -> None:
-        if not self.logger.isEnabledFor(level):
-            return
-        now = time.monotonic()
-        with self._lock:
-            logged_at, left_out = self._last.get(kind, (-self.every, 0))
-            if now - logged_at < self.every:
-                self._last[kind] = (logged_at, left_out + 1)
-                return
-            self._last[kind] = (now, 0)
-        extra: dict[str, object] = {k: one_line(str(v)) for k, v in fields.items()}
-        if left_out:
-            extra["suppressed"] = left_out
-        self.logger.log(level, msg, extra=extra)
 
 
 class _Deadlined(io.RawIOBase):
@@ -177,7 +150,7 @@ class _Server(ThreadingHTTPServer):
         self.authorize = authorize
         self.connection_timeout = timeout  # not ``timeout``: BaseServer has its own
         self.max_connections = max_connections
-        self.errors = _Throttle(log)
+        self.errors = Throttle(log, LOG_EVERY)
         self.closed = {"evicted": 0, "refused": 0}  # connections closed at the cap
         self._room = threading.Condition()  # guards _slots; notified when one is freed
         self._slots: dict[socket.socket, _Slot] = {}

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from exporter import server as http_server
-from exporter.logs import JsonFormatter, PlainFormatter
+from exporter.logs import JsonFormatter, PlainFormatter, Throttle
 
 from .conftest import ROOT
 
@@ -410,7 +410,7 @@ def test_throttle_logs_one_line_per_kind_then_the_count_left_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="throttle-test")
-    throttle = http_server._Throttle(logging.getLogger("throttle-test"), every=0.2)
+    throttle = Throttle(logging.getLogger("throttle-test"), every=0.2)
     for _ in range(5):
         throttle.log(logging.WARNING, "a", "event a", client="x")
     throttle.log(logging.WARNING, "b", "event b")

@@ -138,7 +138,7 @@ class KubernetesDiscovery(DiscoverySource):
                     log.info("node watch expired (410 Gone), relisting")
                     nodes = None
                     continue
-                self._to_loop(self.state.failed, _describe(exc))
+                self._to_loop(self.state.failed, describe_api_error(exc))
                 self._stopped.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -197,7 +197,8 @@ class KubernetesDiscovery(DiscoverySource):
         return version
 
 
-def _describe(exc: Exception) -> str:
+def describe_api_error(exc: Exception) -> str:
+    """One line for an API or network error (no kubernetes client dump)."""
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", None)
     if status:
