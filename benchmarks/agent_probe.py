@@ -22,14 +22,14 @@ def instrument(start: float, end: float) -> tuple[array.array[float], list[int]]
     resolved = [0]
     record_reply, record_loss = PeerStats.record_reply, PeerStats.record_loss
 
-    def on_reply(self: PeerStats, rtt_ms: float) -> None:
-        record_reply(self, rtt_ms)
+    def on_reply(self: PeerStats, rtt_ms: float, sent_ns: int) -> None:
+        record_reply(self, rtt_ms, sent_ns)
         if start <= time.monotonic() < end:
             rtts.append(rtt_ms)
             resolved[0] += 1
 
-    def on_loss(self: PeerStats) -> None:
-        record_loss(self)
+    def on_loss(self: PeerStats, sent_ns: int) -> None:
+        record_loss(self, sent_ns)
         if start <= time.monotonic() < end:
             resolved[0] += 1
 

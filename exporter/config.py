@@ -133,6 +133,8 @@ NODE_NAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 )
 MAX_LABEL_VALUE = 253
+# A Kubernetes label value, as topology.kubernetes.io/zone is.
+ZONE = re.compile(r"(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 # The prober paces sends on ticks of at least 10 ms; twice that is the shortest
 # interval it honours exactly (tests/test_prober_scripted.py).
 MIN_INTERVAL_SECONDS = 0.02
@@ -145,6 +147,17 @@ def check_node_name(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a Kubernetes node name (lower-case letters, digits, '-' "
             "and '.', at most 253 characters)"
+        )
+    return value
+
+
+def check_zone(value: str) -> str:
+    """A topology zone: a Kubernetes label value (at most 63 letters, digits, '-', '_'
+    and '.', starting and ending with a letter or digit), or empty for none."""
+    if not ZONE.fullmatch(value):
+        raise ValueError(
+            f"zone {value!r} is not a Kubernetes label value (at most 63 letters, digits, "
+            "'-', '_' and '.', starting and ending with a letter or digit)"
         )
     return value
 

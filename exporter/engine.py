@@ -303,7 +303,7 @@ class Prober:
                 counter += 1
                 if route is None:
                     self.stats.count_send_error("no_socket")
-                    self._resolve_lost(peer)
+                    self._resolve_lost(peer, time_ns())
                     continue
                 build, sendto = route
                 sequence = counter & 0xFFFF
@@ -313,11 +313,11 @@ class Prober:
                     sendto(packet, sockaddr)
                 except OSError as exc:
                     self.stats.count_send_error(errno.errorcode.get(exc.errno or 0, "unknown"))
-                    self._resolve_lost(peer)
+                    self._resolve_lost(peer, sent_ns)
                     continue
                 if slot_state[sequence] == PENDING:
                     # 65536 probes in flight: the oldest slot is reused before it expired.
-                    self._resolve_lost(slot_peer[sequence])  # type: ignore[arg-type]
+                    self._resolve_lost(slot_peer[sequence], slot_sent_ns[sequence])  # type: ignore[arg-type]
                 slot_counter[sequence] = counter
                 slot_peer[sequence] = peer
                 slot_sent_ns[sequence] = sent_ns
@@ -354,16 +354,17 @@ class Prober:
                 else:
                     stats.late_replies += 1
                 continue
-            rtt_ns = received_ns - slot_sent_ns[sequence]
+            sent_ns = slot_sent_ns[sequence]
+            rtt_ns = received_ns - sent_ns
             if rtt_ns > timeout_ns:
                 # Arrived after its timeout, before the expiry pass got to it.
                 slot_state[sequence] = EXPIRED
                 stats.late_replies += 1
-                self._resolve_lost(peer)
+                self._resolve_lost(peer, sent_ns)
                 continue
             slot_state[sequence] = ANSWERED
             rtt_ms = max(rtt_ns, 0) / 1e6
-            peer.stats.record_reply(rtt_ms)
+            peer.stats.record_reply(rtt_ms, sent_ns)
             stats.probes_resolved += 1
 
     # -- timeouts -----------------------------------------------------------
@@ -376,8 +377,9 @@ class Prober:
             sequence = in_flight.popleft()
             if state[sequence] == PENDING:
                 state[sequence] = EXPIRED
-                self._resolve_lost(self._slot_peer[sequence])  # type: ignore[arg-type]
+                peer = self._slot_peer[sequence]
+                self._resolve_lost(peer, self._slot_sent_ns[sequence])  # type: ignore[arg-type]
 
-    def _resolve_lost(self, peer: Peer) -> None:
-        peer.stats.record_loss()
+    def _resolve_lost(self, peer: Peer, sent_ns: int) -> None:
+        peer.stats.record_loss(sent_ns)
         self.stats.probes_resolved += 1

@@ -63,7 +63,9 @@ class PeerRenderer:
             fresh[peer.key] = cache.get(peer.key) or self._label_text(peer.key)
         out: list[str] = []
         for kind, families in PEER_FAMILIES:
-            sent, received, rtt_sum, rtt_sq, low, high, mdev = (f.name for f in families)
+            sent, received, rtt_sum, rtt_sq, low, high, mdev, outages, outage_s = (
+                f.name for f in families
+            )
             lines: list[list[str]] = [[] for _ in families]
             for peer in peers:
                 if peer.key.kind is not kind:
@@ -79,6 +81,9 @@ class PeerRenderer:
                     lines[4].append(f"{low}{labels} {summary[0]!r}\n")
                     lines[5].append(f"{high}{labels} {summary[1]!r}\n")
                     lines[6].append(f"{mdev}{labels} {summary[2]!r}\n")
+                n_outages, seconds = peer.stats.outage_totals()
+                lines[7].append(f"{outages}{labels} {n_outages}\n")
+                lines[8].append(f"{outage_s}{labels} {seconds!r}\n")
             for family, samples in zip(families, lines, strict=True):
                 out.append(_header(family, openmetrics))
                 out.extend(samples)

@@ -57,7 +57,8 @@ class Family:
 
 
 # -- per peer: one series per probed address (rendered by exposition.PeerRenderer) ---------
-# Order matters: PeerRenderer fills them from (sent, received, rtt sum, rtt² sum, min, max, mdev).
+# Order matters: PeerRenderer fills them from (sent, received, rtt sum, rtt² sum, min, max, mdev,
+# outages, outage seconds).
 
 _SENT = "Echo requests resolved (answered or timed out)."
 _RECEIVED = "Echo replies received within the timeout."
@@ -66,6 +67,8 @@ _RTT_SQUARED = "Sum of squared round-trip times, ms^2 (for mdev over any window)
 _RTT_MIN = "Minimum RTT over the last --window probes, ms."
 _RTT_MAX = "Maximum RTT over the last --window probes, ms."
 _RTT_MDEV = "RTT mean deviation (as iputils ping) over the last --window probes, ms."
+_OUTAGES = "Outages that ended: 10 or more probes in a row lost over 3 s or more, then a reply."
+_OUTAGE_SECONDS = "Length of the ended outages, seconds (first lost probe to first answered one)."
 
 NODE_PEER_FAMILIES = (
     Family("kube_node_ping_packets_sent_total", "counter", _SENT, NODE_LABELS),
@@ -75,6 +78,8 @@ NODE_PEER_FAMILIES = (
     Family("kube_node_ping_rtt_min", "gauge", _RTT_MIN, NODE_LABELS),
     Family("kube_node_ping_rtt_max", "gauge", _RTT_MAX, NODE_LABELS),
     Family("kube_node_ping_rtt_mdev", "gauge", _RTT_MDEV, NODE_LABELS),
+    Family("kube_node_ping_outages_total", "counter", _OUTAGES, NODE_LABELS),
+    Family("kube_node_ping_outage_seconds_total", "counter", _OUTAGE_SECONDS, NODE_LABELS),
 )
 EXTERNAL_PEER_FAMILIES = (
     Family("external_ping_packets_sent_total", "counter", _SENT, EXTERNAL_LABELS),
@@ -86,6 +91,8 @@ EXTERNAL_PEER_FAMILIES = (
     Family("external_ping_rtt_min", "gauge", _RTT_MIN, EXTERNAL_LABELS),
     Family("external_ping_rtt_max", "gauge", _RTT_MAX, EXTERNAL_LABELS),
     Family("external_ping_rtt_mdev", "gauge", _RTT_MDEV, EXTERNAL_LABELS),
+    Family("external_ping_outages_total", "counter", _OUTAGES, EXTERNAL_LABELS),
+    Family("external_ping_outage_seconds_total", "counter", _OUTAGE_SECONDS, EXTERNAL_LABELS),
 )
 
 # -- the peer table -------------------------------------------------------------------------
@@ -118,6 +125,12 @@ DISCOVERED_NODES = Family(
     SOURCE,
 )
 
+NODE_INFO = Family(
+    "kube_node_ping_node_info",
+    "gauge",
+    "This node as discovery lists it: its topology zone (empty when unknown).",
+    (*SOURCE, "zone"),
+)
 # -- the prober -----------------------------------------------------------------------------
 
 LATE_REPLIES = Family(
@@ -241,6 +254,7 @@ FAMILIES: tuple[Family, ...] = (
     EXTERNAL_RTT,
     PEERS,
     DISCOVERED_NODES,
+    NODE_INFO,
     LATE_REPLIES,
     SKIPPED_PROBES,
     DUPLICATE_REPLIES,

@@ -59,10 +59,13 @@ def stable_fraction(*parts: str) -> float:
 
 @dataclass(frozen=True)
 class NodeAddress:
-    """One node as discovery sees it: a name and its usable addresses."""
+    """One node as discovery sees it: a name, its usable addresses and its topology
+    zone ("" when unknown), which the agent reports for its own node so that the
+    rules can tell a zone split from node faults."""
 
     name: str
     addresses: tuple[str, ...]
+    zone: str = ""
 
 
 class PeerTable:

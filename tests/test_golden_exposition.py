@@ -40,8 +40,11 @@ V4, V6 = "198.18.0", "fd00:198:18::"
 def respond(address: str, at: float) -> float | None:
     """n1 answers every other probe too late (80 ms, timeout 50 ms) and the rest in 0.5 ms,
     n2 in 1.5 ms on both families, dns in 12 ms, others in 0.25 ms; n5 never answers;
-    plus 10 µs per 100 ms of the clock (some spread). n6 has no route (send errors)."""
+    n3 is gone for 3.5 s once (an outage); plus 10 µs per 100 ms of the clock (some
+    spread). n6 has no route (send errors)."""
     spread = round(at * 10) % 3 * 0.00001
+    if address == f"{V4}.4" and 1001.55 <= at < 1005.05:
+        return None
     if address == f"{V4}.2":
         return 0.08 if round(at * 10) % 2 else 0.0005 + spread
     if address == f"{V4}.6":
@@ -57,7 +60,11 @@ def nodes(*pairs: tuple[str, str]) -> list[NodeAddress]:
     by_name: dict[str, list[str]] = {}
     for name, address in pairs:
         by_name.setdefault(name, []).append(address)
-    return [NodeAddress(name, tuple(addresses)) for name, addresses in by_name.items()]
+    zones = {"node-0": "zone-a", "n1": "zone-a", "n2": "zone-b"}
+    return [
+        NodeAddress(name, tuple(addresses), zones.get(name, ""))
+        for name, addresses in by_name.items()
+    ]
 
 
 def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition:
@@ -92,7 +99,7 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
     # n4 leaves (its series must vanish), n3 joins; a bad read is counted.
     sink.update(nodes(("node-0", f"{V4}.1"), *common, ("n3", f"{V4}.4"), ("n6", f"{V4}.7")))
     state.failed("scripted")
-    drive(prober, clock, 0.5)
+    drive(prober, clock, 4.5)  # n3's outage, then a reply
     state.succeeded()
     state.last_success = 1_800_000_000.0
     writer = TextfileWriter(directory / "node-ping_node-0.prom", lambda a: (b"", ""), 10, "node-0")

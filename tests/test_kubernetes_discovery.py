@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.discovery import DiscoveryState, NodeSink
-from exporter.discovery.kubernetes import KubernetesDiscovery
-from exporter.peers import PeerKind, PeerTable
+from exporter.discovery.kubernetes import KubernetesDiscovery, node_addresses
+from exporter.peers import NodeAddress, PeerKind, PeerTable
 
 from .fake_apiserver import FakeApiServer
 
@@ -155,3 +155,19 @@ def test_selector_and_address_types(tmp_path: Path) -> None:
 
     with fake.running():
         asyncio.run(scenario())
+
+
+def test_a_node_carries_its_topology_zone() -> None:
+    def node(labels: dict[str, str]) -> dict[str, object]:
+        return {
+            "metadata": {"name": "n1", "labels": labels},
+            "status": {"addresses": [{"type": V4, "address": "198.18.128.1"}]},
+        }
+
+    zone = "topology.kubernetes.io/zone"
+    legacy = "failure-domain.beta.kubernetes.io/zone"
+    assert node_addresses(node({zone: "eu-1a", legacy: "old"}), [V4]) == NodeAddress(
+        "n1", ("198.18.128.1",), "eu-1a"
+    )
+    assert node_addresses(node({legacy: "old"}), [V4]).zone == "old"  # type: ignore[union-attr]
+    assert node_addresses(node({}), [V4]).zone == ""  # type: ignore[union-attr]

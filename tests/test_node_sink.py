@@ -39,7 +39,7 @@ def test_unchanged_peers_keep_their_statistics_and_change_is_signalled() -> None
     sink.update(nodes(3))
     kept = {p.key: p for p in table.snapshot()}
     kept_peer = next(p for p in kept.values() if p.key.name == "n1")
-    kept_peer.stats.record_reply(1.0)
+    kept_peer.stats.record_reply(1.0, 0)
     sink.update(nodes(3))
     assert len(changes) == 1  # the same snapshot again is no change
     sink.update(nodes(2))  # n2 leaves

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.discovery import DiscoveryState, NodeSink
-from exporter.discovery.file import PeersFileDiscovery, read_peers_file
+from exporter.discovery.file import PeersFileDiscovery, PeersFileError, read_peers_file
 from exporter.engine import Prober
 from exporter.peers import PeerTable
 
@@ -28,6 +28,8 @@ BAD_FILES: dict[str, bytes] = {
     "an object": b'{"name": "a"}',
     "an entry that is a list": b"[[1]]",
     "a number for a name": b'[{"name": 5, "ipAddress": "198.18.0.1"}]',
+    "a zone that is no label value": b'[{"name": "a", "ipAddress": "198.18.0.1", "zone": "a b"}]',
+    "a number for a zone": b'[{"name": "a", "ipAddress": "198.18.0.1", "zone": 3}]',
 }
 
 
@@ -90,3 +92,31 @@ def test_a_bad_file_keeps_the_last_good_list(
     samples = {m.name: m.samples[0].value for m in state.collect()}
     assert samples["kube_node_ping_discovery_up"] == 0
     assert samples["kube_node_ping_discovery_errors"] == 2
+
+
+def test_zones_are_read_and_this_node_reports_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.json"
+    entries = [
+        {"name": "me", "ipAddress": "198.18.0.1", "zone": "zone-a"},
+        {"name": "b", "ipAddress": "198.18.0.2", "zone": "eu-west-1b"},
+        {"name": "c", "ipAddress": "198.18.0.3"},
+    ]
+    path.write_text(json.dumps(entries))
+    _, nodes = read_peers_file(path)
+    assert [(n.name, n.zone) for n in nodes] == [("me", "zone-a"), ("b", "eu-west-1b"), ("c", "")]
+    sink = NodeSink(PeerTable(window=5, per_peer_histogram=False), "me", False, 0)
+    sink.update(nodes)
+    info = {m.name: m.samples for m in sink.collect()}["kube_node_ping_node_info"]
+    assert [(s.labels, s.value) for s in info] == [({"source_node": "me", "zone": "zone-a"}, 1)]
+
+
+@pytest.mark.parametrize(
+    ("zone", "problem"),
+    [("a b", "is not a Kubernetes label value"), ("x" * 64, "is not a Kubernetes label value"),
+     (3, "'zone' is not a string")],
+)  # fmt: skip
+def test_a_bad_zone_is_named_with_its_entry(tmp_path: Path, zone: object, problem: str) -> None:
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps([{"name": "a", "ipAddress": "198.18.0.1", "zone": zone}]))
+    with pytest.raises(PeersFileError, match=f"entry 1.*{problem}"):
+        read_peers_file(path)

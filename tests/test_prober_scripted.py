@@ -167,3 +167,23 @@ def test_run_paces_through_its_clock() -> None:
     per_peer = Counter(address for _, address, _ in sock.sent)
     assert all(9 <= per_peer[a] <= 11 for a in PEERS[:10]), per_peer
     assert prober.stats.loop_lag_seconds == 0.0 and prober.stats.skipped_probes == 0
+
+
+def test_a_peer_gone_for_15_seconds_leaves_one_outage_of_15_seconds() -> None:
+    """The flicker the project started from: one peer vanishes for 15 s and comes back;
+    the other keeps answering. Lost probes are resolved at their timeout, after later
+    replies (out of send order), and the outage is still measured from the sends."""
+    gone = (1010.0, 1025.0)
+
+    def respond(address: str, at: float) -> float | None:
+        if address == "198.18.0.2" and gone[0] <= at < gone[1]:
+            return None
+        return 0.001
+
+    prober, clock, _, table = setup(["198.18.0.1", "198.18.0.2"], interval=1.0, respond=respond)
+    drive(prober, clock, 40.0)
+    totals = {peer.key.address: peer.stats.outage_totals() for peer in table.snapshot()}
+    assert totals["198.18.0.1"] == (0, 0.0)
+    count, seconds = totals["198.18.0.2"]
+    assert count == 1
+    assert abs(seconds - 15.0) <= 1.0 + 1e-9  # to the probe: sends are 1 s apart

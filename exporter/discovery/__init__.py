@@ -20,6 +20,7 @@ from ..metric_table import (
     DISCOVERY_ERRORS,
     DISCOVERY_LAST_SUCCESS,
     DISCOVERY_UP,
+    NODE_INFO,
 )
 from ..peers import NodeAddress, PeerKey, PeerKind, PeerTable
 from ..sampling import choose_peers
@@ -67,11 +68,16 @@ class NodeSink:
         self.ping_self = ping_self
         self.max_peers = max_peers
         self.discovered_nodes = 0  # nodes known before sampling, self excluded
+        self.zone = ""  # this node's zone, when discovery lists this node with one
 
     def update(self, nodes: Iterable[NodeAddress]) -> None:
         by_name: dict[str, set[str]] = {}
+        zone = ""
         for node in nodes:
             by_name.setdefault(node.name, set()).update(node.addresses)
+            if node.name == self.self_name and node.zone:
+                zone = node.zone
+        self.zone = zone
         chosen = choose_peers(self.self_name, by_name, self.max_peers)
         if self.ping_self and self.self_name in by_name:
             chosen.add(self.self_name)
@@ -83,6 +89,7 @@ class NodeSink:
 
     def collect(self) -> Iterator[Metric]:
         yield DISCOVERED_NODES.sample(self.discovered_nodes, self.self_name)
+        yield NODE_INFO.sample(1, self.self_name, self.zone)
 
 
 class DiscoverySource:

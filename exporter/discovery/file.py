@@ -1,4 +1,5 @@
-"""File discovery: the original implementation's ConfigMap, ``[{"name", "ipAddress"}]``.
+"""File discovery: the original implementation's ConfigMap, ``[{"name", "ipAddress"}]``,
+each entry optionally with a ``"zone"`` (the node's topology.kubernetes.io/zone).
 
 A ConfigMap volume updates by swapping a symlink, so the file is re-read by
 polling its content, not by inotify on the path. A malformed file at start is a
@@ -14,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..config import ConfigError, check_node_name, normalise_ip
+from ..config import ConfigError, check_node_name, check_zone, normalise_ip
 from ..peers import NodeAddress
 from ..supervisor import call_in_thread
 from . import DiscoverySource, DiscoveryState, NodeSink
@@ -38,17 +39,20 @@ def parse_peers(text: bytes, path: Path) -> list[NodeAddress]:
     for index, entry in enumerate(data, start=1):
         if not isinstance(entry, dict):
             raise PeersFileError(f"{path} entry {index} is not an object")
-        name, address = entry.get("name"), entry.get("ipAddress")
+        name, address, zone = entry.get("name"), entry.get("ipAddress"), entry.get("zone", "")
         if not isinstance(name, str) or not name:
             raise PeersFileError(f"{path} entry {index} has no 'name'")
         if not isinstance(address, str):
             raise PeersFileError(f"{path} entry {index} has no 'ipAddress'")
+        if not isinstance(zone, str):
+            raise PeersFileError(f"{path} entry {index} ({name}): 'zone' is not a string")
         try:
             check_node_name(name)
+            check_zone(zone)
         except ValueError as exc:
             raise PeersFileError(f"{path} entry {index}: {exc}") from None
         try:
-            nodes.append(NodeAddress(name, (normalise_ip(address),)))
+            nodes.append(NodeAddress(name, (normalise_ip(address),), zone))
         except ValueError as exc:
             raise PeersFileError(f"{path} entry {index} ({name}): {exc}") from None
     return nodes

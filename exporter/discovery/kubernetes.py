@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 300  # server-side timeout of one watch request
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+ZONE_LABEL = "topology.kubernetes.io/zone"
+LEGACY_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"  # before Kubernetes 1.17
 
 
 def in_cluster() -> bool:
@@ -56,7 +58,9 @@ def node_addresses(node: dict[str, Any], address_types: list[str]) -> NodeAddres
                 addresses.append(address)
     if not addresses or not metadata.get("name"):
         return None
-    return NodeAddress(str(metadata["name"]), tuple(addresses))
+    labels = metadata.get("labels") or {}
+    zone = labels.get(ZONE_LABEL) or labels.get(LEGACY_ZONE_LABEL) or ""
+    return NodeAddress(str(metadata["name"]), tuple(addresses), str(zone))
 
 
 class ResourceExpired(Exception):
