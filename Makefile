@@ -36,7 +36,7 @@ deps: $(VENV)/.installed .cache/system-deps .cache/tools .cache/controlplane.sta
 # The chart carries copies of rules/ and dashboards/ (Helm reads only its own files).
 sync-chart:
 	rm -rf chart/rules chart/dashboards
-	cp -r rules chart/rules
+	mkdir -p chart/rules && cp exporter/rules/node-ping.rules.yml chart/rules/
 	cp -r dashboards chart/dashboards
 
 # The agent on a built-in default: three loopback peers, /metrics on localhost.

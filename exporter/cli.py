@@ -1,5 +1,6 @@
 """Command-line entry point: ``node-ping-exporter [flags]`` runs the agent,
-``node-ping-exporter diagnose …`` reads Prometheus and names the culprit."""
+``node-ping-exporter diagnose …`` reads Prometheus and names the culprit,
+``node-ping-exporter rules …`` prints the alert and recording rules."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from .diagnose import main as diagnose
 
         return diagnose(args[1:])
+    if args[:1] == ["rules"]:
+        from .rules import main as rules
+
+        return rules(args[1:])
     if "--version" in args:
         print(f"{PROG} {__version__}")
         return 0

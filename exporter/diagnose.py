@@ -1,13 +1,15 @@
-"""``node-ping-exporter diagnose``: which node, or which link, is losing packets.
+"""``node-ping-exporter diagnose``: which node, link or group of nodes is at fault.
 
-Reads the agents' counters from Prometheus over a window, builds the source ×
-destination loss matrix, and turns it into verdicts the same way the alert
-rules do: a destination most sources cannot reach is a node (inbound) problem,
-a source that loses packets to most destinations is a node (outbound) problem,
-and a lossy pair that neither explains is a link problem.
+It prints what the alert rules decided: every verdict is a recorded series of the
+rules (``node_ping:verdict:<kind>``), with the thresholds they used
+(``node_ping:threshold:*``). Where Prometheus does not run the rules, or for
+another window, selector or threshold, diagnose evaluates the *same* rules
+itself: each recorded name is replaced by its expression, so one query per
+series asks Prometheus for exactly what the rules would record. The loss matrix
+and the verdicts' details come the same way.
 
     node-ping-exporter diagnose --prometheus http://prometheus:9090 [--window 10m]
-        [--output text|json] [--timeout 30]
+        [--selector 'job="node-exporter"'] [--output text|json] [--timeout 30]
 
 Exit code: 0 nothing found, 1 a problem found, 2 Prometheus unreachable, too
 slow (``--timeout``, the whole answer to each query), an answer it cannot read,
@@ -36,23 +38,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn
 
-Pair = tuple[str, str]
+import yaml
 
-LOSS = (
-    "1 - sum by (source_node, destination_node) "
-    "(increase(kube_node_ping_packets_received_total{{{selector}}}[{window}])) / "
-    "sum by (source_node, destination_node) "
-    "(increase(kube_node_ping_packets_sent_total{{{selector}}}[{window}]) > 0)"
-)
-RTT = (
-    "sum by (source_node, destination_node) "
-    "(increase(kube_node_ping_rtt_milliseconds_total{{{selector}}}[{window}])) / "
-    "sum by (source_node, destination_node) "
-    "(increase(kube_node_ping_packets_received_total{{{selector}}}[{window}]) > 0)"
-)
-# The recording rules' 5-minute series, used when they exist and --window is 5m.
-RULE_LOSS = "node_ping:pair_loss:ratio5m"
-RULE_RTT = "node_ping:pair_rtt:mean_ms5m"
+from . import rules
+
+Pair = tuple[str, str]
 
 # Seconds for the whole answer to one query (connection, headers and body).
 DEFAULT_TIMEOUT_S = 30.0
@@ -105,18 +95,19 @@ def _wrong(where: str, value: object, wanted: str) -> str:
 
 @dataclass
 class Verdict:
-    kind: str  # unreachable, inbound, outbound, link, slow
-    subject: str  # a node, or "a → b"
+    kind: str  # one of KINDS: the rules' node_ping:verdict:<kind>
+    subject: str  # a node, "a → b", "a, b | c, d" (partition) or the candidates
     text: str
 
 
 @dataclass
 class Diagnosis:
-    window: str
-    source: str  # where the figures came from: counters or recording rules
+    window: str  # the loss window the verdicts are over
+    source: str  # "recording rules", or the rules evaluated by diagnose
     nodes: list[str]
     loss: dict[str, dict[str, float]]  # source -> destination -> ratio
     rtt_ms: dict[str, dict[str, float]]
+    thresholds: dict[str, float] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
 
     @property
@@ -128,8 +119,9 @@ class Prometheus:
     """Instant queries against Prometheus's HTTP API, each bounded in time and size.
 
     Whatever comes back is checked before use: any answer that is not a vector of
-    source_node/destination_node samples is a DiagnoseError (exit 2), never a
-    traceback, which would exit 1, "problem found"."""
+    samples with the labels asked for is a DiagnoseError (exit 2), never a
+    traceback, which would exit 1, "problem found". Queries are POSTed: the rules
+    evaluated inline make long expressions."""
 
     def __init__(
         self, url: str, timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int | None = None
@@ -144,11 +136,23 @@ class Prometheus:
 
     def by_pair(self, expr: str) -> dict[Pair, float]:
         """Each sample's value by (source, destination); NaN (no replies to average) left out."""
-        out: dict[Pair, float] = {}
+        return {
+            (labels["source_node"], labels["destination_node"]): value
+            for labels, value in self.samples(expr, "source_node", "destination_node")
+        }
+
+    def by_node(self, expr: str) -> dict[str, float]:
+        """Each sample's value by its ``node`` label; NaN left out."""
+        return {labels["node"]: value for labels, value in self.samples(expr, "node")}
+
+    def samples(self, expr: str, *required: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of each sample whose value is a number (NaN left out); every
+        label in ``required`` must be there."""
+        out = []
         for index, sample in enumerate(self.query(expr)):
-            pair, value = self._sample(index, sample)
+            labels, value = self._sample(index, sample, required)
             if value == value:
-                out[pair] = value
+                out.append((labels, value))
         return out
 
     def unreadable(self, what: str) -> DiagnoseError:
@@ -167,13 +171,14 @@ class Prometheus:
         The request runs in a daemon thread, which itself stops reading the body at
         the deadline, and we stop waiting for it at the deadline whatever it is
         blocked in."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        url = f"{self.url}/api/v1/query"
+        form = urllib.parse.urlencode({"query": expr}).encode()
         deadline = time.monotonic() + self.timeout
         outcome: queue.SimpleQueue[bytes | DiagnoseError] = queue.SimpleQueue()
 
         def worker() -> None:
             try:
-                outcome.put(self._get(url, deadline))
+                outcome.put(self._post(url, form, deadline))
             except DiagnoseError as exc:
                 outcome.put(exc)
 
@@ -186,10 +191,10 @@ class Prometheus:
             raise answer
         return answer
 
-    def _get(self, url: str, deadline: float) -> bytes:
-        """One HTTP GET, every failure turned into a DiagnoseError."""
+    def _post(self, url: str, form: bytes, deadline: float) -> bytes:
+        """One HTTP POST, every failure turned into a DiagnoseError."""
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+            with urllib.request.urlopen(url, data=form, timeout=self.timeout) as response:
                 return self._body(response, deadline)
         except DiagnoseError:
             raise
@@ -251,30 +256,157 @@ class Prometheus:
             raise self.unreadable(_wrong("data.result", result, "a list"))
         return result
 
-    def _sample(self, index: int, sample: object) -> tuple[Pair, float]:
-        """One sample's pair and value; query() may be overridden, so trust nothing."""
+    def _sample(
+        self, index: int, sample: object, required: tuple[str, ...]
+    ) -> tuple[dict[str, str], float]:
+        """One sample's labels and value; query() may be overridden, so trust nothing."""
         if not isinstance(sample, dict):
             raise self.unreadable(_wrong(f"result[{index}]", sample, "an object"))
         metric = sample.get("metric")
         if not isinstance(metric, dict):
             raise self.unreadable(_wrong(f"result[{index}].metric", metric, "an object"))
-        source, destination = metric.get("source_node"), metric.get("destination_node")
-        if not isinstance(source, str) or not source:  # Prometheus drops empty labels
-            where = f"result[{index}].metric.source_node"
-            raise self.unreadable(_wrong(where, source, "a node name"))
-        if not isinstance(destination, str) or not destination:
-            where = f"result[{index}].metric.destination_node"
-            raise self.unreadable(_wrong(where, destination, "a node name"))
+        for key in required:
+            name = metric.get(key)
+            if not isinstance(name, str) or not name:  # Prometheus drops empty labels
+                raise self.unreadable(_wrong(f"result[{index}].metric.{key}", name, "a node name"))
+        labels = {k: v for k, v in metric.items() if isinstance(v, str)}
         value = sample.get("value")
         if not isinstance(value, list) or len(value) != 2:
             raise self.unreadable(_wrong(f"result[{index}].value", value, '[time, "number"]'))
         number = value[1]
         if isinstance(number, str | int | float) and not isinstance(number, bool):
             try:
-                return (source, destination), float(number)
+                return labels, float(number)
             except (ValueError, OverflowError):  # "abc", or an integer past float range
                 pass
         raise self.unreadable(_wrong(f"result[{index}].value[1]", number, "a number"))
+
+
+# -- the rules, read from Prometheus or evaluated here -------------------------------
+
+THRESHOLD = "node_ping:threshold:"
+# The verdicts, in the order they are printed: node_ping:verdict:<kind>.
+KINDS = (
+    "partition",
+    "node_unreachable",
+    "ambiguous",
+    "node_loss",
+    "node_flicker",
+    "node_outage",
+    "agent_starved",
+    "link_loss",
+    "node_slow",
+)
+# Per-node series the verdicts' wording needs.
+DETAILS = (
+    "node_ping:node_loss:ratio",
+    "node_ping:node_own_loss:ratio",
+    "node_ping:node_lossy_sources:ratio",
+    "node_ping:node_dead_sources:ratio",
+    "node_ping:node_flickering_sources:ratio",
+    "node_ping:node_outage_sources:ratio",
+    "node_ping:node_outage:mean_seconds",
+    "node_ping:node_slow_sources:ratio",
+    "node_ping:node_agent_skipped:ratio",
+    "node_ping:node_agent_lag:seconds",
+    "node_ping:node_loss_suspect:ratio",
+)
+_RECORDED = re.compile(r"(?<![\w:])node_ping:[a-z_]+:[a-z0-9_]+(?![\w:])")
+
+
+class RuleSet:
+    """The recording rules as expressions, each recorded name inside them replaced
+    by its own expression: what Prometheus would record, asked in one query.
+
+    Used where the rules are not loaded, or with another window, selector or
+    thresholds than the loaded ones: the formulas stay the rules' own."""
+
+    def __init__(self, config: dict[str, str], thresholds: dict[str, float]) -> None:
+        groups = yaml.safe_load(rules.render(config))["groups"]
+        self.exprs: dict[str, str] = {
+            r["record"]: r["expr"].strip() for g in groups for r in g["rules"] if "record" in r
+        }
+        for name, value in thresholds.items():
+            self.exprs[THRESHOLD + name] = f"vector({value!r})"
+        self._expanded: dict[str, str] = {}
+
+    def expand(self, name: str) -> str:
+        """``name``'s expression with no recorded name left in it."""
+        if name not in self._expanded:
+            self._expanded[name] = _RECORDED.sub(
+                lambda m: f"({self.expand(m.group(0))})", self.exprs[name]
+            )
+        return self._expanded[name]
+
+
+def read_thresholds(prometheus: Prometheus) -> dict[str, float]:
+    """The thresholds the loaded rules record (empty when the rules are not loaded)."""
+    found = {}
+    for labels, value in prometheus.samples(f'{{__name__=~"{THRESHOLD}.+"}}'):
+        name = labels.get("__name__", "")
+        if name.startswith(THRESHOLD):
+            found[name.removeprefix(THRESHOLD)] = value
+    return found
+
+
+def diagnose(
+    prometheus: Prometheus,
+    window: str = "",
+    selector: str | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> Diagnosis:
+    """The rules' verdicts, with the matrix and the details to word them.
+
+    Read from the recorded series when Prometheus runs the rules and nothing else is
+    asked; otherwise the same rules are evaluated here, over ``window`` (the loss
+    window), on the series ``selector`` picks (all jobs by default), with the loaded
+    thresholds and then ``thresholds`` over them."""
+    with _gc_paused():
+        loaded = read_thresholds(prometheus)
+        defaults = rules.defaults()
+        if loaded and not window and selector is None and not thresholds:
+            source, used = "recording rules", loaded
+            window = defaults["lossWindow"]
+
+            def expr(name: str) -> str:
+                return name
+        else:
+            config = {"seriesSelector": selector or ""}
+            if window:
+                config["lossWindow"] = window
+            window = window or defaults["lossWindow"]
+            try:
+                rule_set = RuleSet(config, loaded | (thresholds or {}))
+            except rules.RulesError as exc:
+                raise DiagnoseError(str(exc)) from None
+            used = {
+                name.removeprefix(THRESHOLD): float(text[len("vector(") : -1])
+                for name, text in rule_set.exprs.items()
+                if name.startswith(THRESHOLD)
+            }
+            source = "the rules, evaluated by diagnose" + (
+                " (Prometheus does not run them)" if not loaded else ""
+            )
+            expr = rule_set.expand
+        loss = prometheus.by_pair(expr("node_ping:pair_loss:ratio"))
+        if not loss:
+            raise DiagnoseError(
+                f"Prometheus at {prometheus.url} has no kube_node_ping_* series over the last "
+                f"{window}: are the agents scraped (or their textfiles read by node-exporter)?"
+            )
+        rtt = prometheus.by_pair(expr("node_ping:pair_rtt:mean_ms"))
+        nodes = sorted({n for pair in loss for n in pair})
+        result = Diagnosis(window, source, nodes, _matrix(loss), _matrix(rtt), used)
+        found = {kind: prometheus.samples(expr(f"node_ping:verdict:{kind}")) for kind in KINDS}
+        details = {name: prometheus.by_node(expr(name)) for name in DETAILS}
+        latest = (
+            prometheus.by_pair(expr("node_ping:pair_loss:ratio_latest"))
+            if found["partition"]
+            else {}
+        )
+        words = Wording(loss, details, used, defaults["outageWindow"], latest)
+        result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
+        return result
 
 
 def _matrix(values: dict[Pair, float]) -> dict[str, dict[str, float]]:
@@ -284,130 +416,136 @@ def _matrix(values: dict[Pair, float]) -> dict[str, dict[str, float]]:
     return out
 
 
-def diagnose(
-    prometheus: Prometheus,
-    window: str = "10m",
-    selector: str = "",
-    loss_threshold: float = 0.05,
-    unreachable_threshold: float = 0.95,
-    share_threshold: float = 0.5,
-    rtt_threshold_ms: float = 10.0,
-) -> Diagnosis:
-    """The matrix and the verdicts over the window, from the recording rules when they
-    cover it (5m) and from the agents' counters otherwise."""
-    with _gc_paused():
-        source = "counters"
-        loss: dict[Pair, float] = {}
-        rtt: dict[Pair, float] = {}
-        if window == "5m" and not selector:
-            loss = prometheus.by_pair(RULE_LOSS)
-            rtt = prometheus.by_pair(RULE_RTT)
-            source = "recording rules"
-        if not loss:
-            source = "counters"
-            loss = prometheus.by_pair(LOSS.format(selector=selector, window=window))
-            rtt = prometheus.by_pair(RTT.format(selector=selector, window=window))
-        if not loss:
-            raise DiagnoseError(
-                f"Prometheus at {prometheus.url} has no kube_node_ping_* series over the last "
-                f"{window}: are the agents scraped (or their textfiles read by node-exporter)?"
+class Wording:
+    """Verdict series in words, with the figures that back them."""
+
+    def __init__(
+        self,
+        loss: dict[Pair, float],
+        details: dict[str, dict[str, float]],
+        thresholds: dict[str, float],
+        outage_window: str,
+        latest: dict[Pair, float],
+    ) -> None:
+        self.loss = loss
+        self.details = details
+        self.thresholds = thresholds
+        self.outage_window = outage_window
+        self.latest = latest
+        self.sources: defaultdict[str, int] = defaultdict(int)  # node -> sources measuring it
+        for _, destination in loss:
+            self.sources[destination] += 1
+
+    def of(self, node: str, share_series: str) -> str:
+        """ "k/n": the share recorded for ``node`` as a count of its sources."""
+        total = self.sources.get(node, 0)
+        share = self.details[share_series].get(node, 0.0)
+        return f"{round(share * total)}/{total}"
+
+    def own(self, node: str) -> str:
+        """What the node's own probes (its row) lose, or that they are missing."""
+        own = self.details["node_ping:node_own_loss:ratio"].get(node)
+        return "its agent reports nothing" if own is None else f"{own:.0%} of its own probes lost"
+
+    def verdicts(self, kind: str, samples: list[tuple[dict[str, str], float]]) -> list[Verdict]:
+        if not samples:
+            return []
+        if kind == "partition":
+            return [self.partition(samples)]
+        if kind == "ambiguous":
+            suspects = sorted(self.details["node_ping:node_loss_suspect:ratio"])
+            names = ", ".join(suspects)
+            return [
+                Verdict(
+                    kind,
+                    names,
+                    f"ambiguous: all {len(suspects)} nodes lose packets to most of the others "
+                    f"and the matrix cannot tell which is at fault; candidates: {names} "
+                    "(several faulty nodes, a shared part such as a switch or the overlay, or "
+                    "too few nodes to tell)",
+                )
+            ]
+        if kind == "link_loss":
+            out = []
+            for labels, ratio in sorted(samples, key=lambda s: sorted(s[0].items())):
+                pair = f"{labels.get('source_node', '?')} → {labels.get('destination_node', '?')}"
+                out.append(
+                    Verdict(kind, pair, f"{pair}: {ratio:.0%} loss, other paths clean (link)")
+                )
+            return out
+        out = []
+        for labels, value in sorted(samples, key=lambda s: s[0].get("node", "")):
+            node = labels.get("node", "?")
+            out.append(Verdict(kind, node, self.node_text(kind, node, value)))
+        return out
+
+    def node_text(self, kind: str, node: str, value: float) -> str:
+        details = self.details
+        if kind == "node_unreachable":
+            return (
+                f"{node} is unreachable from {self.of(node, 'node_ping:node_dead_sources:ratio')} "
+                f"nodes ({self.own(node)})"
             )
-        nodes = sorted({n for pair in loss for n in pair})
-        result = Diagnosis(window, source, nodes, _matrix(loss), _matrix(rtt))
-        result.verdicts = verdicts(
-            loss, rtt, loss_threshold, unreachable_threshold, share_threshold, rtt_threshold_ms
+        if kind == "node_loss":
+            mean = details["node_ping:node_loss:ratio"].get(node, 0.0)
+            lossy = self.of(node, "node_ping:node_lossy_sources:ratio")
+            return (
+                f"{node} or its link loses packets ({mean:.0%} from {lossy} nodes, and "
+                f"{self.own(node)})"
+            )
+        if kind in ("node_flicker", "node_outage"):
+            mean_s = details["node_ping:node_outage:mean_seconds"].get(node)
+            length = f", {mean_s:.0f} s on average" if mean_s is not None else ""
+            if kind == "node_flicker":
+                times = self.thresholds.get("flicker_outages", 2)
+                seen = self.of(node, "node_ping:node_flickering_sources:ratio")
+                return (
+                    f"{node} flickers: {seen} nodes saw it vanish and come back {times:g}+ times "
+                    f"in the last {self.outage_window}{length}"
+                )
+            seen = self.of(node, "node_ping:node_outage_sources:ratio")
+            return (
+                f"{node} had an outage: {seen} nodes saw it vanish and come back in the last "
+                f"{self.outage_window}{length}"
+            )
+        if kind == "agent_starved":
+            lag = details["node_ping:node_agent_lag:seconds"].get(node, 0.0)
+            return (
+                f"agent on {node} starved: {value:.0%} of its probes skipped, loop lag up to "
+                f"{lag:.1f} s; its own measurements are not evidence of packet loss"
+            )
+        seen = self.of(node, "node_ping:node_slow_sources:ratio")  # node_slow
+        return f"{node}: slow, mean RTT {value:.1f} ms from {seen} sources"
+
+    def partition(self, samples: list[tuple[dict[str, str], float]]) -> Verdict:
+        """The sides: partition nodes joined by every pair that is not dead right now."""
+        unreachable = self.thresholds.get("pair_unreachable_ratio", 0.95)
+        zones = {labels.get("node", "?"): labels.get("zone", "") for labels, _ in samples}
+        side = {node: node for node in zones}  # union-find parents
+
+        def root(node: str) -> str:
+            while side[node] != node:
+                side[node] = side[side[node]]
+                node = side[node]
+            return node
+
+        for (source, destination), ratio in self.latest.items():
+            if source in side and destination in side and ratio <= unreachable:
+                side[root(source)] = root(destination)
+        groups: defaultdict[str, list[str]] = defaultdict(list)
+        for node in sorted(zones):
+            groups[root(node)].append(node)
+        ordered = sorted(groups.values(), key=lambda g: (len(g), g))
+        parts = []
+        for group in ordered:
+            in_zones = sorted({zones[n] for n in group if zones[n]})
+            parts.append(", ".join(group) + (f" ({', '.join(in_zones)})" if in_zones else ""))
+        subject = " | ".join(", ".join(g) for g in ordered)
+        return Verdict(
+            "partition",
+            subject,
+            "partition: " + " | ".join(parts) + " reach their own side and nothing across",
         )
-        return result
-
-
-def verdicts(
-    loss: dict[Pair, float],
-    rtt: dict[Pair, float],
-    loss_threshold: float,
-    unreachable_threshold: float,
-    share_threshold: float,
-    rtt_threshold_ms: float,
-) -> list[Verdict]:
-    """The rules' logic, on one matrix: node-level causes first, then what is left.
-
-    Linear in the number of pairs (plus sorting): each pair is filed once by
-    destination and once by source, so a 500-node mesh takes well under a second."""
-    into: defaultdict[str, list[float]] = defaultdict(list)  # destination -> loss ratios
-    out_of: defaultdict[str, list[tuple[str, float]]] = defaultdict(list)  # source -> (dest, r)
-    for (source, destination), ratio in loss.items():
-        into[destination].append(ratio)
-        out_of[source].append((destination, ratio))
-    found: list[Verdict] = []
-    faulty: set[str] = set()  # unreachable or inbound: explains every pair towards it
-    for node in sorted(into):
-        ratios = into[node]
-        total = len(ratios)
-        dead = sum(1 for r in ratios if r > unreachable_threshold)
-        lossy = sum(1 for r in ratios if r > loss_threshold)
-        if dead / total > share_threshold:
-            faulty.add(node)
-            found.append(
-                Verdict(
-                    "unreachable",
-                    node,
-                    f"{node}: unreachable from {dead}/{total} sources (inbound problem at {node})",
-                )
-            )
-        elif lossy / total > share_threshold:
-            faulty.add(node)
-            mean = sum(ratios) / total
-            found.append(
-                Verdict(
-                    "inbound",
-                    node,
-                    f"{node}: {mean:.0%} loss from {lossy}/{total}"
-                    f" sources (inbound problem at {node} or its link)",
-                )
-            )
-    outbound: set[str] = set()
-    for node in sorted(out_of):
-        # a node faulty both ways is one (inbound) verdict, as in the alert rules
-        if node in faulty:
-            continue
-        # pairs towards a destination found faulty above are explained by it
-        ratios = [r for destination, r in out_of[node] if destination not in faulty]
-        lossy = sum(1 for r in ratios if r > loss_threshold)
-        if ratios and lossy / len(ratios) > share_threshold:
-            outbound.add(node)
-            found.append(
-                Verdict(
-                    "outbound",
-                    node,
-                    f"{node}: loses packets to {lossy}/{len(ratios)}"
-                    f" destinations (outbound problem at {node})",
-                )
-            )
-    explained = faulty | outbound
-    for (source, destination), ratio in sorted(loss.items()):
-        if ratio > loss_threshold and source not in explained and destination not in explained:
-            found.append(
-                Verdict(
-                    "link",
-                    f"{source} → {destination}",
-                    f"{source} → {destination}: {ratio:.0%} loss, other paths clean (link)",
-                )
-            )
-    rtt_into: defaultdict[str, list[float]] = defaultdict(list)  # destination -> mean RTTs
-    for (_, destination), mean_ms in rtt.items():
-        rtt_into[destination].append(mean_ms)
-    for node in sorted(rtt_into):
-        means = rtt_into[node]
-        slow = sum(1 for m in means if m > rtt_threshold_ms)
-        if slow / len(means) > share_threshold:
-            mean = sum(means) / len(means)
-            found.append(
-                Verdict(
-                    "slow",
-                    node,
-                    f"{node}: slow, mean RTT {mean:.1f} ms from {slow}/{len(means)} sources",
-                )
-            )
-    return found
 
 
 def render_matrix(diagnosis: Diagnosis) -> str:
@@ -435,7 +573,7 @@ def render_text(diagnosis: Diagnosis) -> str:
     if diagnosis.verdicts:
         lines += [visible(v.text) for v in diagnosis.verdicts]
     else:
-        lines.append(f"no loss in the last {diagnosis.window}")
+        lines.append(f"no problem found over the last {diagnosis.window}")
     return "\n".join(lines)
 
 
@@ -459,32 +597,49 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> int:
     parser = _Parser(prog="node-ping-exporter diagnose", description=__doc__.split("\n\n")[0])
     parser.add_argument("--prometheus", required=True, help="Prometheus base URL")
-    parser.add_argument("--window", default="10m", help="Prometheus duration (default 10m)")
+    parser.add_argument(
+        "--window",
+        default="",
+        help="evaluate the rules over this loss window (a Prometheus duration) instead of "
+        "reading what they recorded",
+    )
     parser.add_argument("--output", choices=["text", "json"], default="text")
     parser.add_argument(
         "--selector",
-        default="",
-        help='extra label matchers for the counters, e.g. job="node-ping-exporter"',
+        default=None,
+        help='label matchers for the agents\' series, e.g. job="node-exporter" (textfile '
+        "mode); the rules are then evaluated here (default: what they recorded, or every job)",
     )
-    parser.add_argument("--loss-threshold", type=float, default=0.05)
-    parser.add_argument("--rtt-threshold-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--loss-threshold", type=float, default=None, help="pair loss ratio threshold"
+    )
+    parser.add_argument("--rtt-threshold-ms", type=float, default=None)
     parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"for the whole answer to each query, up to 4 queries (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"for the whole answer to each query (default {DEFAULT_TIMEOUT_S:g})",
     )
     args = parser.parse_args(argv)
-    if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", args.window):
+    if args.window and not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", args.window):
         parser.error(f"argument --window: '{args.window}' is not a Prometheus duration (e.g. 10m)")
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         parser.error(f"argument --timeout: {args.timeout:g} is not a positive number of seconds")
-    if not 0 <= args.loss_threshold < 1:  # NaN fails too: every comparison would be false
-        parser.error(f"argument --loss-threshold: {args.loss_threshold:g} is not in [0, 1)")
-    if not (args.rtt_threshold_ms >= 0 and math.isfinite(args.rtt_threshold_ms)):
+    thresholds: dict[str, float] = {}
+    if args.loss_threshold is not None:
+        if not 0 <= args.loss_threshold < 1:  # NaN fails too: every comparison would be false
+            parser.error(f"argument --loss-threshold: {args.loss_threshold:g} is not in [0, 1)")
+        thresholds["pair_loss_ratio"] = args.loss_threshold
+    if args.rtt_threshold_ms is not None:
+        if not (args.rtt_threshold_ms >= 0 and math.isfinite(args.rtt_threshold_ms)):
+            parser.error(
+                f"argument --rtt-threshold-ms: {args.rtt_threshold_ms:g} is not a number of ms"
+            )
+        thresholds["rtt_ms"] = args.rtt_threshold_ms
+    if args.selector is not None and any(c in args.selector for c in "{}\n"):
         parser.error(
-            f"argument --rtt-threshold-ms: {args.rtt_threshold_ms:g} is not a number of ms"
+            f"argument --selector: give the label matchers without braces (got {args.selector!r})"
         )
     url = urllib.parse.urlsplit(args.prometheus)
     if url.scheme not in ("http", "https") or not url.netloc:
@@ -494,8 +649,7 @@ def main(argv: list[str]) -> int:
             Prometheus(args.prometheus, timeout=args.timeout),
             args.window,
             args.selector,
-            loss_threshold=args.loss_threshold,
-            rtt_threshold_ms=args.rtt_threshold_ms,
+            thresholds,
         )
     except DiagnoseError as exc:
         print(f"node-ping-exporter diagnose: {visible(str(exc))}", file=sys.stderr)

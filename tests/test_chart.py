@@ -25,6 +25,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from exporter import rules
 from exporter.config import (
     SELECTOR_REQUIREMENT,
     ConfigError,
@@ -648,12 +649,17 @@ def test_monitors_carry_the_release_label_and_the_relabelings() -> None:
     assert not by_kind(render([]), "Service")
 
 
-def test_prometheus_rule_is_the_rules_file_with_overrides() -> None:
-    helm_binaries()
-    rules_file = yaml.safe_load((ROOT / "rules" / "node-ping.rules.yml").read_text())
-    objects = render(["--set", "prometheusRule.enabled=true"])
+def rendered_groups(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (rule,) = by_kind(objects, "PrometheusRule")
-    assert rule["spec"]["groups"] == rules_file["groups"]  # defaults: the file, untouched
+    return list(rule["spec"]["groups"])
+
+
+def test_prometheus_rule_is_the_rendered_rules_file_with_overrides() -> None:
+    """Defaults: exactly `node-ping-exporter rules`. Then the config, `for`, severity,
+    thresholds and disabling, by value."""
+    helm_binaries()
+    rules_file = yaml.safe_load(rules.render())
+    assert rendered_groups(render(["--set", "prometheusRule.enabled=true"])) == rules_file["groups"]
     first_alert = next(r["alert"] for g in rules_file["groups"] for r in g["rules"] if "alert" in r)
     first_threshold = next(
         r["record"]
@@ -662,6 +668,7 @@ def test_prometheus_rule_is_the_rules_file_with_overrides() -> None:
         if r.get("record", "").startswith("node_ping:threshold:")
     )
     threshold = first_threshold.removeprefix("node_ping:threshold:")
+    config = {"seriesSelector": 'job="np",cluster="eu-1"', "lossWindow": "5m"}
     objects = render(
         [
             "--set",
@@ -672,31 +679,73 @@ def test_prometheus_rule_is_the_rules_file_with_overrides() -> None:
             f"prometheusRule.alerts.{first_alert}.severity=critical",
             "--set-json",
             f"prometheusRule.thresholds.{threshold}=0.42",
+            "--set-json",
+            f"prometheusRule.config={json.dumps(config)}",
         ]
     )
-    (rule,) = by_kind(objects, "PrometheusRule")
-    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
-    alert = next(r for r in rules if r.get("alert") == first_alert)
+    groups = rendered_groups(objects)
+    expected = yaml.safe_load(rules.render(config))["groups"]
+    for rule in (r for g in expected for r in g["rules"]):
+        if rule.get("record") == first_threshold:
+            rule["expr"] = "vector(0.42)"
+        if rule.get("alert") == first_alert:
+            rule["for"] = "17m"
+            rule["labels"]["severity"] = "critical"
+    assert groups == expected
+    all_rules = [r for g in groups for r in g["rules"]]
+    alert = next(r for r in all_rules if r.get("alert") == first_alert)
     assert alert["for"] == "17m" and alert["labels"]["severity"] == "critical"
-    assert next(r for r in rules if r.get("record") == first_threshold)["expr"] == "vector(0.42)"
-    objects = render(
-        [
-            "--set",
-            "prometheusRule.enabled=true",
-            "--set",
-            f"prometheusRule.alerts.{first_alert}.disabled=true",
-        ]
+    assert (
+        next(r for r in all_rules if r.get("record") == first_threshold)["expr"] == "vector(0.42)"
     )
-    (rule,) = by_kind(objects, "PrometheusRule")
-    assert first_alert not in [r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]]
+    groups = rendered_groups(
+        render(
+            [
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                f"prometheusRule.alerts.{first_alert}.disabled=true",
+            ]
+        )
+    )
+    assert first_alert not in [r.get("alert") for g in groups for r in g["rules"]]
+
+
+def test_textfile_output_selects_node_exporters_series_and_drops_agent_down() -> None:
+    """With output textfile the series arrive through node-exporter (kube-prometheus-stack's
+    job "node-exporter") and the agents are not scraped: the rules follow by default."""
+    helm_binaries()
+    args = ["--set", "prometheusRule.enabled=true", "--set", "output=textfile"]
+    textfile = rules.render({"seriesSelector": 'job="node-exporter"'})
+    expected = yaml.safe_load(textfile)["groups"]
+    for group in expected:
+        group["rules"] = [r for r in group["rules"] if r.get("alert") != "NodePingAgentDown"]
+    assert rendered_groups(render(args)) == expected
+    kept = render([*args, "--set", "prometheusRule.alerts.NodePingAgentDown.for=9m"])
+    assert "NodePingAgentDown" in [
+        r.get("alert") for g in rendered_groups(kept) for r in g["rules"]
+    ]
+
+
+def test_the_chart_knows_every_rules_setting() -> None:
+    """values.schema.json's prometheusRule.config lists exactly the rules file's config."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["prometheusRule"]["properties"]["config"]["properties"]
+    assert set(config) == set(rules.defaults())
 
 
 def test_chart_copies_equal_the_sources() -> None:
-    """dashboards/ and rules/ are the one source; the chart carries copies (make sync-chart)."""
-    for folder in ("dashboards", "rules"):
-        source = {p.name: p.read_bytes() for p in (ROOT / folder).glob("*") if p.is_file()}
-        copy = {p.name: p.read_bytes() for p in (CHART / folder).glob("*") if p.is_file()}
-        assert copy == source, f"chart/{folder} differs from {folder}/: run make sync-chart"
+    """dashboards/ and the rules file are the one source; the chart carries copies
+    (make sync-chart)."""
+    pairs = [
+        (ROOT / "dashboards", CHART / "dashboards"),
+        (rules.RULES_FILE.parent, CHART / "rules"),
+    ]
+    for source_dir, copy_dir in pairs:
+        pattern = "*.yml" if source_dir == rules.RULES_FILE.parent else "*"
+        source = {p.name: p.read_bytes() for p in source_dir.glob(pattern) if p.is_file()}
+        copy = {p.name: p.read_bytes() for p in copy_dir.glob("*") if p.is_file()}
+        assert copy == source, f"{copy_dir} differs from {source_dir}: run make sync-chart"
 
 
 def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
@@ -816,6 +865,15 @@ CROSS_VALUE_RULES: list[tuple[list[str], str]] = [
 ]
 
 BAD_VALUES: list[tuple[list[str], str]] = [
+    (
+        ["--set", "prometheusRule.config.lossWindow=3 minutes"],
+        "at '/prometheusRule/config/lossWindow'",
+    ),
+    (
+        ["--set", "prometheusRule.config.seriesSelector={job=x}"],
+        "at '/prometheusRule/config/seriesSelector'",
+    ),
+    (["--set", "prometheusRule.config.window=3m"], "at '/prometheusRule/config'"),
     (["--set", "icmp.mode=rw"], "at '/icmp/mode': value must be one of"),
     (["--set", "output=syslog"], "at '/output': value must be one of"),
     (["--set", "discovery.mode=consul"], "at '/discovery/mode'"),
