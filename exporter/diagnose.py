@@ -354,29 +354,31 @@ def diagnose(
     window: str = "",
     selector: str | None = None,
     thresholds: dict[str, float] | None = None,
+    config: dict[str, str] | None = None,
 ) -> Diagnosis:
     """The rules' verdicts, with the matrix and the details to word them.
 
     Read from the recorded series when Prometheus runs the rules and nothing else is
     asked; otherwise the same rules are evaluated here, over ``window`` (the loss
     window), on the series ``selector`` picks (all jobs by default), with the loaded
-    thresholds and then ``thresholds`` over them."""
+    thresholds and then ``thresholds`` over them; ``config`` sets any other of the
+    rules' settings (the lab's shortened windows)."""
     with _gc_paused():
         loaded = read_thresholds(prometheus)
-        defaults = rules.defaults()
-        if loaded and not window and selector is None and not thresholds:
+        defaults = rules.defaults() | (config or {})
+        if loaded and not window and selector is None and not thresholds and config is None:
             source, used = "recording rules", loaded
             window = defaults["lossWindow"]
 
             def expr(name: str) -> str:
                 return name
         else:
-            config = {"seriesSelector": selector or ""}
+            settings = (config or {}) | {"seriesSelector": selector or ""}
             if window:
-                config["lossWindow"] = window
+                settings["lossWindow"] = window
             window = window or defaults["lossWindow"]
             try:
-                rule_set = RuleSet(config, loaded | (thresholds or {}))
+                rule_set = RuleSet(settings, loaded | (thresholds or {}))
             except rules.RulesError as exc:
                 raise DiagnoseError(str(exc)) from None
             used = {

@@ -13,8 +13,10 @@ annotations.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,6 +469,18 @@ def test_a_cordoned_node_going_away_raises_nothing(tmp_path: Path) -> None:
     run_promtool(tmp_path, [case(cluster, [firing([], at(20)), firing([], at(25))])])
 
 
+def test_a_node_the_autoscaler_deletes_raises_nothing(tmp_path: Path) -> None:
+    """Scale-down: the cluster autoscaler taints c, then stops the machine before the
+    Node object goes."""
+    taint = {
+        "series": 'kube_node_spec_taint{job="kube-state-metrics",node="c",'
+        'key="ToBeDeletedByClusterAutoscaler",value="1700000000",effect="NoSchedule"}',
+        "values": f"_x20 1x{Cluster(SIX).steps - 20}",
+    }
+    cluster = Cluster(SIX, loss=node_fault("c", SIX, 1.0), extra=[taint])
+    run_promtool(tmp_path, [case(cluster, [firing([], at(20)), firing([], at(25))])])
+
+
 def test_external_targets(tmp_path: Path) -> None:
     extra = []
     steps = Cluster(FOUR).steps
@@ -559,3 +573,31 @@ def test_every_alert_has_its_runbook_and_annotations() -> None:
         assert annotations["runbook_url"] == f"docs/runbooks.md#{name.lower()}"
         assert annotations["summary"] and annotations["description"]
         assert alert["labels"]["severity"] in ("critical", "warning", "info")
+
+
+def test_the_rules_command_prints_the_rendered_rules() -> None:
+    """`node-ping-exporter rules --set …` prints what the chart and the lab load; a bad
+    setting is one line naming it, exit 2."""
+
+    def rules_command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "exporter", "rules", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = rules_command("--set", 'seriesSelector=job="node-exporter"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == render({"seriesSelector": 'job="node-exporter"'})
+    assert not re.search(r"\$\{\w+\}", result.stdout) and "\nconfig:" not in result.stdout
+    for args, problem in [
+        (["--set", "window=3m"], "unknown rules setting 'window' (known: agentSelector, "),
+        (["--set", "lossWindow=3 min"], "rules setting 'lossWindow': '3 min' is not a duration"),
+        (["--set", "seriesSelector={job=x}"], "give the label matchers without braces"),
+        (["--set", "lossWindow"], "argument --set: 'lossWindow' is not KEY=VALUE"),
+    ]:
+        result = rules_command(*args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith("node-ping-exporter rules: ")
+        assert problem in result.stderr and len(result.stderr.splitlines()) == 1
