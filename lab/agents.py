@@ -4,6 +4,7 @@ Each is started the way the chart starts it, with short intervals so that a faul
 shows within seconds. In file-discovery mode they read one peers file (the
 ConfigMap's format) that the lab rewrites atomically, as a ConfigMap update
 would appear; in Kubernetes mode they list and watch Node objects (lab/kubenodes.py).
+Every agent runs in its node's cpu cgroup (lab/cpu.py), where ``starve`` limits it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from .cpu import CpuCgroups
 from .network import Network
 from .process import alive, kill_all, write_atomically
 from .state import LabConfig, LabError, LabState, Workdir
@@ -31,15 +33,17 @@ class Agents:
 
     workdir: Workdir
     network: Network
+    cpu: CpuCgroups
 
     def write_peers(self, state: LabState) -> None:
-        """Every node not removed, with each of its addresses."""
-        entries = [
-            {"name": node, "ipAddress": address}
-            for node in state.config.node_names()
-            if node not in state.removed
-            for address in state.config.addresses(node)
-        ]
+        """Every node not removed, with each of its addresses, and its zone if it has one."""
+        config = state.config
+        entries: list[dict[str, str]] = []
+        for node in config.node_names():
+            if node in state.removed:
+                continue
+            zone = {"zone": config.zone(node)} if config.zones else {}
+            entries += [{"name": node, "ipAddress": a, **zone} for a in config.addresses(node)]
         write_atomically(self.workdir.peers_file, json.dumps(entries, indent=1))
 
     def start_all(self, state: LabState) -> None:
@@ -90,4 +94,7 @@ class Agents:
         ]  # fmt: skip
         for target in config.external_targets:
             args += ["--external-target", target]
-        return self.workdir.spawn(self.network.namespace(node).cmd(*args), f"agent-{node}.log")
+        # `ip netns exec` execs the agent in place: the pid is the agent's own
+        pid = self.workdir.spawn(self.network.namespace(node).cmd(*args), f"agent-{node}.log")
+        self.cpu.place(node, pid)  # so that a starve fault, now or later, holds it
+        return pid

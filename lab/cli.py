@@ -1,21 +1,27 @@
 """``node-ping-lab``: bring up a simulated cluster, break it, look at it.
 
-    node-ping-lab up --nodes 6                  # namespaces, agents, Prometheus, node-exporter
-    node-ping-lab fault inbound node-3 30       # 30 % of echo requests to node-3 dropped
+    node-ping-lab up --nodes 6 --zones 3        # namespaces, agents, Prometheus, node-exporter
+    node-ping-lab fault node-in node-3 30       # 30 % of every packet arriving at node-3 lost
     node-ping-lab fault link node-1 node-2      # node-1 <-> node-2 cut
+    node-ping-lab fault partition zone-a zone-b,node-6
+    node-ping-lab fault size node-4 1400        # IP packets over 1400 bytes vanish at node-4
     node-ping-lab fault latency node-4 20       # node-4 answers 20 ms late
+    node-ping-lab fault starve node-2           # node-2's agent gets 1 % of one CPU
     node-ping-lab fault isolate node-5 --flap 10
+    node-ping-lab fault blip node-6 5           # node-6 cut off for 5 s, once
     node-ping-lab matrix                        # source x destination loss, from Prometheus
     node-ping-lab clear                         # all faults off
     node-ping-lab down                          # everything removed
 
-Needs root (network namespaces, nftables). ``--name`` runs several labs side by side.
+Needs root (network namespaces, nftables, cgroups). ``--name`` runs several labs
+side by side. ``node-ping-lab fault KIND -h`` says what each fault takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any, NoReturn
@@ -23,9 +29,11 @@ from typing import Any, NoReturn
 from exporter.diagnose import DiagnoseError, Prometheus, diagnose, render_text
 
 from .cluster import Lab, all_labs
-from .faults import Fault
+from .cpu import STARVE_PERCENT
+from .faults import Fault, Timer
 from .netns import can_create_namespaces
-from .prometheus import PROMETHEUS
+from .prometheus import FAST_CONFIG, PROMETHEUS, rules_config
+from .responder import ResponderUnavailable
 from .state import LabConfig, LabError
 
 
@@ -47,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="create the lab (replaces one of the same name)")
     up.add_argument("--nodes", type=int, default=5)
+    up.add_argument(
+        "--zones", type=int, default=0, help="split the nodes into zone-a, zone-b, … (0: none)"
+    )
     up.add_argument("--dual-stack", action="store_true", help="IPv6 addresses too")
     up.add_argument("--output", choices=["http", "textfile", "both"], default="both")
     up.add_argument("--interval", type=float, default=0.05, help="agents' probe interval")
@@ -69,19 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true", help="every lab on this machine")
     commands.add_parser("status")
 
-    fault = commands.add_parser("fault", help="inject a fault")
-    fault.add_argument("kind", choices=["isolate", "inbound", "outbound", "link", "latency"])
-    fault.add_argument("node")
-    fault.add_argument(
-        "value",
-        nargs="?",
-        help="loss %% (inbound, outbound), delay ms (latency) or the other node (link)",
-    )
-    fault.add_argument("--percent", type=float, default=100.0, help="link loss %% (default 100)")
-    fault.add_argument("--one-way", action="store_true", help="link: only node -> other")
-    fault.add_argument(
-        "--flap", type=float, metavar="SECONDS", help="toggle the fault on and off every SECONDS"
-    )
+    add_fault_parser(commands)
     clear = commands.add_parser("clear", help="remove faults (all, or one node's)")
     clear.add_argument("node", nargs="?")
 
@@ -102,33 +101,133 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--window", default="30s")
     demo = commands.add_parser("demo", help="4 nodes, one fault, the loss matrix, then down")
     demo.add_argument("--seconds", type=float, default=35.0)
-    flapper = commands.add_parser("flapper")  # internal: run by `fault … --flap`
-    flapper.add_argument("fault_json")
-    flapper.add_argument("period", type=float)
+    timer = commands.add_parser("timer")  # internal: run by `fault … --flap` and `fault blip`
+    timer.add_argument("timer_json")
     return parser
 
 
-def parse_fault(args: argparse.Namespace) -> Fault:
-    def number(what: str) -> float:
-        try:
-            return float(args.value)
-        except (TypeError, ValueError):
-            raise LabError(f"fault {args.kind} needs {what} (got {args.value!r})") from None
+METAVARS = {"percent": "PCT", "max_bytes": "BYTES"}  # the rest: the name in capitals
 
-    if args.kind == "isolate":
-        return Fault("isolate", args.node)
-    if args.kind in ("inbound", "outbound"):
-        percent = number("a loss percentage")
-        if not 0 < percent <= 100:
-            raise LabError(f"loss must be in (0, 100] percent (got {percent:g})")
-        return Fault(args.kind, args.node, percent=percent)
-    if args.kind == "latency":
-        return Fault("latency", args.node, delay_ms=number("a delay in ms"))
-    if not args.value:
-        raise LabError("fault link needs the other node")
-    return Fault(
-        "link", args.node, percent=args.percent, peer=args.value, both_ways=not args.one_way
+
+def add_fault_parser(commands: Any) -> None:
+    """``fault KIND …``: one subcommand per kind, each with the arguments it takes.
+    Values stay strings here: parse_fault checks them, with one-line errors."""
+    fault = commands.add_parser("fault", help="inject a fault (fault KIND -h: its arguments)")
+    kinds = fault.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    flap = argparse.ArgumentParser(add_help=False)
+    flap.add_argument("--flap", metavar="SECONDS", help="toggle the fault on and off every SECONDS")
+
+    def kind(name: str, help: str, *args: str, flaps: bool = True) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = kinds.add_parser(
+            name, help=help, parents=[flap] if flaps else []
+        )
+        for arg in args:
+            parser.add_argument(arg, metavar=METAVARS.get(arg, arg.upper()))
+        return parser
+
+    kind("node-in", "drop PCT %% of every packet arriving at NODE", "node", "percent")
+    kind("node-out", "drop PCT %% of every packet leaving NODE", "node", "percent")
+    link = kind("link", "drop PCT %% (default 100) of every packet A -> B and B -> A")
+    link.add_argument("node", metavar="A")
+    link.add_argument("peer", metavar="B")
+    link.add_argument("percent", metavar="PCT", nargs="?", default="100")
+    link.add_argument("--one-way", action="store_true", help="only A -> B")
+    kind("isolate", "drop every packet in and out of NODE", "node")
+    kind(
+        "partition",
+        "cut every path between two groups (comma-separated node and zone names)",
+        "group_a",
+        "group_b",
     )
+    kind("blip", "isolate NODE once, for SECONDS", "node", "seconds", flaps=False)
+    size = kind("size", "drop IP packets over BYTES in and out of NODE", "node", "max_bytes")
+    size.add_argument(
+        "--peer", default="", metavar="OTHER", help="only on the link between NODE and OTHER"
+    )
+    size.add_argument("--one-way", action="store_true", help="only packets NODE sends")
+    kind("latency", "NODE answers pings MS later", "node", "ms")
+    starve = kind(
+        "starve", f"give NODE's agent PCT %% of one CPU (default {STARVE_PERCENT:g})", "node"
+    )
+    starve.add_argument("percent", metavar="PCT", nargs="?")
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise LabError(f"{what} must be a number (got {text!r})")
+    return number
+
+
+def _percent(text: str, what: str) -> float:
+    percent = _number(text, what)
+    if not 0 < percent <= 100:
+        raise LabError(f"{what} must be in (0, 100] percent (got {percent:g})")
+    return percent
+
+
+def _group(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise LabError(f"a partition group is a comma-separated list of names (got {text!r})")
+    return names
+
+
+def parse_fault(args: argparse.Namespace) -> Fault:
+    """The fault the ``fault`` command names, or a one-line LabError. Node and zone
+    names are checked against the lab when it is applied."""
+    kind = args.kind
+    if kind in ("node-in", "node-out"):
+        return Fault(kind, args.node, percent=_percent(args.percent, f"{kind} loss"))
+    if kind == "link":
+        if args.peer == args.node:
+            raise LabError(f"a link needs two different nodes (got {args.node} twice)")
+        percent = _percent(args.percent, "link loss")
+        return Fault("link", args.node, peer=args.peer, percent=percent, both_ways=not args.one_way)
+    if kind in ("isolate", "blip"):
+        return Fault("isolate", args.node)
+    if kind == "partition":
+        group_a, group_b = _group(args.group_a), _group(args.group_b)
+        both = [name for name in group_a if name in group_b]
+        if both:
+            raise LabError(f"partition groups overlap: {', '.join(both)} on both sides")
+        return Fault("partition", group_a=group_a, group_b=group_b)
+    if kind == "size":
+        if args.peer == args.node:
+            raise LabError(f"size --peer must be another node than {args.node}")
+        size = _number(args.max_bytes, "size BYTES")
+        if size != int(size) or not 68 <= size <= 65535:
+            raise LabError(f"size BYTES must be a whole number from 68 to 65535 (got {size:g})")
+        return Fault(
+            "size", args.node, peer=args.peer, both_ways=not args.one_way, max_bytes=int(size)
+        )
+    if kind == "latency":
+        delay = _number(args.ms, "latency MS")
+        if not 0 < delay <= 10_000:
+            raise LabError(f"latency must be in (0, 10000] ms (got {delay:g})")
+        return Fault("latency", args.node, delay_ms=delay)
+    percent = STARVE_PERCENT if args.percent is None else _percent(args.percent, "starve CPU")
+    return Fault("starve", args.node, percent=percent)
+
+
+def parse_timer(args: argparse.Namespace, fault: Fault) -> Timer | None:
+    """``blip``'s SECONDS or a fault's ``--flap SECONDS`` as a Timer; None for neither."""
+    if args.kind == "blip":
+        text, what, once = args.seconds, "blip SECONDS", True
+    elif args.flap is not None:
+        text, what, once = args.flap, "--flap SECONDS", False
+    else:
+        return None
+    seconds = _number(text, what)
+    if not 0.1 <= seconds <= 86_400:
+        raise LabError(f"{what} must be from 0.1 to 86400 (got {seconds:g})")
+    return Timer(fault, seconds, once)
+
+
+AGENTS_JOB = 'job="node-ping-exporter"'  # the lab's Prometheus names it as the chart does
 
 
 class LabPrometheus(Prometheus):
@@ -146,9 +245,13 @@ class LabPrometheus(Prometheus):
 
 
 def loss_matrix(lab: Lab, window: str) -> str:
-    """Packet loss per pair from the lab's Prometheus, with diagnose's verdicts."""
+    """Packet loss per pair from the lab's Prometheus, with diagnose's verdicts: the
+    rules evaluated over ``window`` with lab-sized settings, on the series the lab's
+    rules read, and a pair counted once probed for 10 s (a lab is minutes old)."""
+    selector = rules_config(lab.config.output).get("seriesSelector", AGENTS_JOB)
+    settings = FAST_CONFIG | {"establishedAfter": "10s"}
     try:
-        return render_text(diagnose(LabPrometheus(lab), window))
+        return render_text(diagnose(LabPrometheus(lab), window, selector, config=settings))
     except DiagnoseError as exc:
         raise LabError(str(exc)) from None
 
@@ -157,15 +260,17 @@ def run_demo(lab: Lab, seconds: float) -> None:
     print("bringing up a 4-node lab (namespaces, agents, Prometheus)...", flush=True)
     lab.up(LabConfig(nodes=4, output="http"))
     try:
-        fault = Fault("inbound", "node-3", percent=30)
-        lab.faults.apply(fault)
+        fault = lab.faults.apply(Fault("node-in", "node-3", percent=30))
         print(
             f"fault: {fault.describe()}; waiting {seconds:.0f}s for Prometheus to see it...",
             flush=True,
         )
         time.sleep(seconds)
         print(loss_matrix(lab, "30s"))
-        print("\nnode-3's column shows the loss, and the verdict names it.")
+        print(
+            "\nnode-3's column and its row show the loss (probes to it, and the replies to "
+            "its own probes, are lost on the way in), and the verdict names node-3."
+        )
     finally:
         lab.down()
         print("lab removed.")
@@ -173,7 +278,7 @@ def run_demo(lab: Lab, seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> None:
     lab = Lab(args.name)
-    if args.command not in ("down", "status", "query", "matrix", "flapper"):
+    if args.command not in ("down", "status", "query", "matrix", "timer"):
         ok, why = can_create_namespaces()
         if not ok:
             raise LabError(why)
@@ -181,6 +286,7 @@ def run(args: argparse.Namespace) -> None:
         lab.up(
             LabConfig(
                 nodes=args.nodes,
+                zones=args.zones,
                 dual_stack=args.dual_stack,
                 output=args.output,
                 interval=args.interval,
@@ -197,14 +303,15 @@ def run(args: argparse.Namespace) -> None:
         print(lab.status())
     elif args.command == "fault":
         fault = parse_fault(args)
-        if args.flap:
-            lab.faults.flap(fault, args.flap)
+        timer = parse_timer(args, fault)
+        if timer is None:
+            print(f"applied: {lab.faults.apply(fault).describe()}")
+        elif timer.once:
+            fault = lab.faults.pulse(fault, timer.seconds)
+            print(f"applied: {fault.describe()}, cleared after {timer.seconds:g}s")
         else:
-            lab.faults.apply(fault)
-        print(
-            f"applied: {fault.describe()}"
-            + (f", flapping every {args.flap:g}s" if args.flap else "")
-        )
+            fault = lab.faults.flap(fault, timer.seconds)
+            print(f"applied: {fault.describe()}, flapping every {timer.seconds:g}s")
     elif args.command == "clear":
         lab.faults.clear(node=args.node)
     elif args.command == "peers":
@@ -219,20 +326,15 @@ def run(args: argparse.Namespace) -> None:
         print(loss_matrix(lab, args.window))
     elif args.command == "demo":
         run_demo(Lab(args.name if args.name != "lab" else "demo"), args.seconds)
-    elif args.command == "flapper":
-        fault = Fault.from_json(json.loads(args.fault_json))
-        while True:
-            lab.faults.apply(fault)
-            time.sleep(args.period)
-            lab.faults.clear(fault=fault)
-            time.sleep(args.period)
+    elif args.command == "timer":
+        lab.faults.run_timer(Timer.from_json(json.loads(args.timer_json)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except LabError as exc:
+    except (LabError, ResponderUnavailable) as exc:
         print(f"node-ping-lab: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,7 +5,8 @@ All of it lives inside network namespaces the lab creates and removes
 
 - ``network``     the hub and node namespaces (lab/network.py)
 - ``agents``      one agent per node and the peers file (lab/agents.py)
-- ``faults``      nftables loss and delayed replies (lab/faults.py)
+- ``faults``      nftables loss, delayed replies, CPU starvation (lab/faults.py)
+- ``cpu``         a cpu cgroup per agent, where ``starve`` limits it (lab/cpu.py)
 - ``prometheus``  Prometheus and node-exporter in the hub (lab/prometheus.py)
 - ``kubernetes``  the chart, a token and Node objects in a control plane
                   (lab/kubenodes.py), when the agents discover peers that way
@@ -19,6 +20,7 @@ from __future__ import annotations
 import time
 
 from .agents import Agents
+from .cpu import CpuCgroups, labs_with_cgroups
 from .faults import Faults
 from .kubenodes import CHART_NAMESPACE, KubernetesDiscovery, delete_node
 from .netns import can_create_namespaces
@@ -35,8 +37,9 @@ class Lab:
         self.name = name
         self.workdir = Workdir(name)
         self.network = Network(name)
-        self.agents = Agents(self.workdir, self.network)
-        self.faults = Faults(self.workdir, self.network)
+        self.cpu = CpuCgroups(name)
+        self.agents = Agents(self.workdir, self.network, self.cpu)
+        self.faults = Faults(self.workdir, self.network, self.cpu)
         self.prometheus = HubPrometheus(self.workdir, self.network)
         self.kubernetes = KubernetesDiscovery(self.workdir, self.network)
 
@@ -52,6 +55,10 @@ class Lab:
             raise LabError(why)
         if config.nodes < 2 or config.nodes > 200:
             raise LabError(f"--nodes must be between 2 and 200 (got {config.nodes})")
+        if not 0 <= config.zones <= min(config.nodes, 26):
+            raise LabError(
+                f"--zones must be between 0 and {min(config.nodes, 26)} (got {config.zones})"
+            )
         self.down()  # a leftover of the same name is replaced, never merged
         self.workdir.create()
         state = LabState(config)
@@ -84,6 +91,7 @@ class Lab:
             except (LabError, ValueError, TypeError, KeyError):
                 pass
         self.network.remove(pids)
+        self.cpu.remove()  # after the agents in them are gone
         self.workdir.remove()
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -137,7 +145,8 @@ class Lab:
             pid = state.agents.get(node)
             agent = f"agent pid {pid}" if pid and alive(pid) else "agent stopped"
             peers = " (not in the peers file)" if node in state.removed else ""
-            lines.append(f"  {node:10} {', '.join(config.addresses(node)):32} {agent}{peers}")
+            zone = f"{config.zone(node):8} " if config.zones else ""
+            lines.append(f"  {node:10} {zone}{', '.join(config.addresses(node)):32} {agent}{peers}")
         for name, pid in state.services.items():
             lines.append(f"  {name}: pid {pid} {'running' if alive(pid) else 'stopped'}")
         if config.kubernetes:
@@ -146,11 +155,9 @@ class Lab:
                 f"(node-ping-controlplane status), chart release {self.kubernetes.release} in "
                 f"{CHART_NAMESPACE}; the agents' kubeconfig: {self.workdir.kubeconfig}"
             )
-        lines.append(
-            "  faults: "
-            + ("; ".join(f.describe() for f in state.faults) or "none")
-            + (f" (+{len(state.flappers)} flapping)" if state.flappers else "")
-        )
+        lines.append("  faults: " + ("; ".join(f.describe() for f in state.faults) or "none"))
+        for pid, timer in state.timers.items():
+            lines.append(f"  timer pid {pid}: {timer.describe()}")
         if config.prometheus:
             lines.append(
                 f"  Prometheus: ip netns exec {self.network.hub.name} curl "
@@ -160,6 +167,7 @@ class Lab:
 
 
 def all_labs() -> list[str]:
-    """Names of every lab on this machine: namespaces or a workdir left, up or half-gone."""
+    """Names of every lab on this machine: namespaces, a workdir or cgroups left, up or
+    half-gone."""
     names = {p.name for p in LABS_DIR.iterdir()} if LABS_DIR.is_dir() else set()
-    return sorted(names | labs_with_namespaces())
+    return sorted(names | labs_with_namespaces() | labs_with_cgroups())

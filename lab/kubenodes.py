@@ -24,6 +24,7 @@ from .process import ROOT
 from .state import LabConfig, LabError, LabState, Workdir
 
 LAB_LABEL = "node-ping-lab"  # which lab made the node: its name
+ZONE_LABEL = "topology.kubernetes.io/zone"  # the well-known label a cloud provider sets
 CHART_NAMESPACE = "kube-prometheus"  # where a lab installs the chart
 
 
@@ -140,8 +141,10 @@ class KubernetesDiscovery:
         return str(accounts[0].metadata.name)
 
     def register(self, api: Any, node: str, config: LabConfig) -> None:
-        """The node's Node object, labelled with the lab's name."""
-        create_node(api, node, config.addresses(node), labels={LAB_LABEL: self.workdir.name})
+        """The node's Node object, labelled with the lab's name and the node's zone."""
+        zone = config.zone(node)
+        labels = {LAB_LABEL: self.workdir.name, **({ZONE_LABEL: zone} if zone else {})}
+        create_node(api, node, config.addresses(node), labels=labels)
 
     def teardown(self, state: LabState) -> None:
         """The lab's Node objects and chart release removed, when the control plane runs.

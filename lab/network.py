@@ -2,7 +2,8 @@
 
     <prefix>-hub     bridge br0 198.18.0.254/24 (fd00:198:18::fe/64); Prometheus,
                      node-exporter and the API server's forwarder listen here
-    <prefix>-node-i  eth0 198.18.0.i/24 (fd00:198:18::i/64), one agent
+    <prefix>-node-i  eth0 198.18.0.i/24 (fd00:198:18::i/64), one agent; its veth's
+                     other end is the hub's bridge port v<i>
 
 Nothing routes out of it: every address is in 198.18.0.0/15 or fd00:198:18::/48
 and the namespaces have no default route. The hub sees every node, so whatever
@@ -22,9 +23,20 @@ def node_name(index: int) -> str:
     return f"node-{index}"
 
 
+def node_index(node: str) -> int:
+    """``node-i``'s *i*: its place on the bridge and in its addresses."""
+    return int(node.rsplit("-", 1)[1])
+
+
+def bridge_port(node: str) -> str:
+    """The hub's end of the node's veth, ``v<i>``: the bridge port every frame to or
+    from the node crosses, which is where the faults act."""
+    return f"v{node_index(node)}"
+
+
 def node_addresses(node: str, dual_stack: bool) -> list[str]:
     """``node-i``'s addresses: 198.18.0.i, and fd00:198:18::i in a dual-stack lab."""
-    index = int(node.rsplit("-", 1)[1])
+    index = node_index(node)
     return [f"198.18.0.{index}", *([f"fd00:198:18::{index:x}"] if dual_stack else [])]
 
 
@@ -58,10 +70,10 @@ class Network:
         hub.ip("addr", "add", f"{HUB_V4}/24", "dev", "br0")
         if dual_stack:
             hub.ip("-6", "addr", "add", f"{HUB_V6}/64", "dev", "br0", "nodad")
-        for index, node in enumerate(nodes, start=1):
+        for node in nodes:
             ns = Namespace(f"{self.prefix}-{node}")
-            link(ns, "eth0", hub, f"v{index}")
-            hub.ip("link", "set", f"v{index}", "master", "br0")
+            link(ns, "eth0", hub, bridge_port(node))
+            hub.ip("link", "set", bridge_port(node), "master", "br0")
             for address in node_addresses(node, dual_stack):
                 if ":" in address:
                     ns.ip("-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")

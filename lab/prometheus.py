@@ -12,8 +12,10 @@ nothing to the host's network; the lab reads them from inside the hub.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from exporter import rules
 
 from .agents import listen_address
 from .network import Network
-from .state import LabError, LabState, Workdir
+from .state import LabConfig, LabError, LabState, Workdir
 
 PROMETHEUS = "127.0.0.1:9090"
 NODE_EXPORTER = "127.0.0.1:9100"
@@ -83,11 +85,8 @@ class HubPrometheus:
         ]
         targets_file.write_text(json.dumps(targets, indent=1))
         rules_file = self.workdir.path / "node-ping.rules.yml"
+        rules_file.write_text(self.rules_text(state.config))
         output = state.config.output
-        if state.config.fast_alerts:
-            rules_file.write_text(fast_rules(output))
-        else:
-            rules_file.write_text(rules.render(rules_config(output)))
         agents_job = {
             "job_name": "node-ping-exporter",  # as the chart relabels it
             "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
@@ -107,6 +106,21 @@ class HubPrometheus:
         config_file = self.workdir.path / "prometheus.yml"
         config_file.write_text(json.dumps(config, indent=1))
         return config_file
+
+    @staticmethod
+    def rules_text(config: LabConfig) -> str:
+        """The rules this lab's Prometheus runs: as the chart renders them for the
+        agents' output mode, with lab-sized windows when the lab wants fast alerts."""
+        if config.fast_alerts:
+            return fast_rules(config.output)
+        return rules.render(rules_config(config.output))
+
+    def load_rules(self, text: str) -> None:
+        """Replace the rules Prometheus runs (a SIGHUP reloads them), e.g. with the rules
+        as the chart renders them for some values."""
+        state = self.workdir.load()
+        (self.workdir.path / "node-ping.rules.yml").write_text(text)
+        os.kill(state.services["prometheus"], signal.SIGHUP)
 
     def ready_urls(self) -> set[str]:
         return {f"http://{PROMETHEUS}/-/ready", f"http://{NODE_EXPORTER}/metrics"}

@@ -1,6 +1,6 @@
 """A lab's configuration, its saved state and the directory that holds them.
 
-Separate CLI calls (``node-ping-lab fault …``), the flapper processes and a pytest
+Separate CLI calls (``node-ping-lab fault …``), the timer processes and a pytest
 fixture all drive the same lab, so nothing lives only in memory: the
 configuration, process ids and active faults are in ``<workdir>/state.json``, and
 every change happens under the workdir's file lock, reloading the state first.
@@ -13,14 +13,15 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
-from collections.abc import Iterator
+import string
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .faults import Fault
-from .network import HUB_V4, node_addresses, node_name
+from .faults import Fault, Timer
+from .network import HUB_V4, node_addresses, node_index, node_name
 from .process import ROOT, spawn, write_atomically
 
 LABS_DIR = Path("/tmp/node-ping-lab")
@@ -51,9 +52,35 @@ class LabConfig:
     # The lab installs the chart there, registers a Node per node and the agents
     # list/watch them with the chart's service account. Empty: a peers file.
     kubernetes: str = ""
+    # Zones (0: none): the nodes split into this many contiguous blocks, zone-a,
+    # zone-b, …; the peers file and the Node objects carry each node's zone.
+    zones: int = 0
 
     def node_names(self) -> list[str]:
         return [node_name(i) for i in range(1, self.nodes + 1)]
+
+    def zone_names(self) -> list[str]:
+        return [f"zone-{letter}" for letter in string.ascii_lowercase[: self.zones]]
+
+    def zone(self, node: str) -> str:
+        """The node's zone; "" in a lab without zones."""
+        return self._zone_by_index()[node_index(node) - 1] if self.zones else ""
+
+    def _zone_by_index(self) -> list[str]:
+        """Contiguous blocks as even as they can be, the larger ones first: 7 nodes in
+        3 zones are 3, 2, 2."""
+        size, larger = divmod(self.nodes, self.zones)
+        zones: list[str] = []
+        for block, name in enumerate(self.zone_names()):
+            zones += [name] * (size + (1 if block < larger else 0))
+        return zones
+
+    def zone_nodes(self, zone: str) -> list[str]:
+        """The nodes in a zone, or a LabError naming the zones there are."""
+        if zone not in self.zone_names():
+            have = ", ".join(self.zone_names()) or "none: up --zones Z"
+            raise LabError(f"no zone '{zone}' in this lab (zones: {have})")
+        return [node for node in self.node_names() if self.zone(node) == zone]
 
     def addresses(self, node: str) -> list[str]:
         """The node's addresses, IPv4 first (the one its agent listens on)."""
@@ -65,6 +92,29 @@ class LabConfig:
         if node not in names:
             raise LabError(f"no node '{node}' in this lab (nodes: {', '.join(names)})")
 
+    def group(self, names: Iterable[str]) -> tuple[str, ...]:
+        """Node and zone names as the nodes they mean, in node order."""
+        nodes: set[str] = set()
+        for name in names:
+            if name.startswith("zone-"):
+                nodes.update(self.zone_nodes(name))
+            else:
+                self.check_node(name)
+                nodes.add(name)
+        return tuple(n for n in self.node_names() if n in nodes)
+
+    def partition(
+        self, group_a: Iterable[str], group_b: Iterable[str]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Both sides of a partition as nodes: each non-empty, no node on both."""
+        a, b = self.group(group_a), self.group(group_b)
+        if not a or not b:
+            raise LabError("a partition needs a node or zone on each side")
+        both = [n for n in a if n in b]
+        if both:
+            raise LabError(f"partition groups overlap: {', '.join(both)} on both sides")
+        return a, b
+
 
 @dataclass
 class LabState:
@@ -72,7 +122,7 @@ class LabState:
     agents: dict[str, int] = field(default_factory=dict)  # node -> pid
     responders: dict[str, int] = field(default_factory=dict)  # node -> pid (latency)
     services: dict[str, int] = field(default_factory=dict)  # prometheus, node-exporter
-    flappers: dict[int, list[str]] = field(default_factory=dict)  # pid -> the nodes it flaps
+    timers: dict[int, Timer] = field(default_factory=dict)  # pid -> what it switches
     faults: list[Fault] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # nodes left out of the peers file
 
@@ -82,22 +132,23 @@ class LabState:
             *self.agents.values(),
             *self.responders.values(),
             *self.services.values(),
-            *self.flappers,
+            *self.timers,
         }
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["faults"] = [f.to_json() for f in self.faults]
+        data["timers"] = {pid: t.to_json() for pid, t in self.timers.items()}
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabState:
-        data = dict(data)
         # Keys this version does not know (a state file from another version) are dropped.
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known = LabConfig.__dataclass_fields__
         data["config"] = LabConfig(**{k: v for k, v in data["config"].items() if k in known})
         data["faults"] = [Fault.from_json(f) for f in data["faults"]]
-        data["flappers"] = {int(pid): nodes for pid, nodes in data["flappers"].items()}
+        data["timers"] = {int(p): Timer.from_json(t) for p, t in data.get("timers", {}).items()}
         return cls(**data)
 
 

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.diagnose import diagnose
+from exporter.diagnose import DiagnoseError, Diagnosis, diagnose
 from lab.cli import LabPrometheus
 from lab.cluster import Lab
 from lab.faults import Fault
 from lab.process import alive
+from lab.prometheus import FAST_CONFIG
 from lab.state import LabConfig
 
 from .conftest import NETNS_OK, NETNS_WHY, ROOT, parse_metrics, running_lab, select, wait_for
@@ -89,9 +90,17 @@ def lab_substitute(expr: str) -> str:
     return expr
 
 
+def lab_diagnose(lab: Lab, window: int = WINDOW) -> Diagnosis:
+    """`diagnose` evaluating the rules itself over the test's window, with the lab-sized
+    settings (lab.prometheus.FAST_CONFIG) and pairs taken as established after 5 s:
+    this lab is only minutes old."""
+    config = FAST_CONFIG | {"establishedAfter": "5s"}
+    return diagnose(LabPrometheus(lab), f"{window}s", selector=JOB, config=config)
+
+
 def kinds_and_subjects(lab: Lab) -> set[tuple[str, str]]:
     """What `diagnose` concludes from the lab's Prometheus over the same window."""
-    return {(v.kind, v.subject) for v in diagnose(LabPrometheus(lab), f"{WINDOW}s").verdicts}
+    return {(v.kind, v.subject) for v in lab_diagnose(lab).verdicts}
 
 
 def test_clean_network(lab: Lab) -> None:
@@ -103,33 +112,43 @@ def test_clean_network(lab: Lab) -> None:
     gauges = by_pair(lab, f"kube_node_ping_rtt_min{{{JOB}}}")
     assert set(gauges) == set(PAIRS) and all(0 < v < 5 for v in gauges.values()), gauges
     assert len(by_pair(lab, f"kube_node_ping_rtt_mdev{{{JOB}}}")) == len(PAIRS)
-    assert diagnose(LabPrometheus(lab), "10s").verdicts == []
+
+    def established() -> bool:
+        try:
+            return bool(lab_diagnose(lab, 10).loss)
+        except DiagnoseError:  # no pair established yet
+            return False
+
+    wait_for(established, 20, "pairs established", step=1)
+    assert lab_diagnose(lab, 10).verdicts == []
 
 
-def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
-    lab.faults.apply(Fault("inbound", "node-2", percent=30))
-    lab.faults.apply(Fault("outbound", "node-5", percent=30))
-    lab.faults.apply(Fault("link", "node-3", peer="node-4"))
+def test_node_loss_both_ways_and_a_broken_link(lab: Lab) -> None:
+    """Loss into node-2 and out of node-5 each lose both the node's row and its column
+    (every echo crosses both directions); the link node-3 -> node-4 both pairs."""
+    lab.faults.apply(Fault("node-in", "node-2", percent=30))
+    lab.faults.apply(Fault("node-out", "node-5", percent=30))
+    lab.faults.apply(Fault("link", "node-3", peer="node-4", both_ways=False))
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
-        if pair == ("node-5", "node-2"):  # both: 1 - 0.7 * 0.7
+        if set(pair) == {"node-2", "node-5"}:  # both faults: 1 - 0.7 * 0.7
             assert 0.43 <= value <= 0.59, (pair, value)
-        elif pair[1] == "node-2" or pair[0] == "node-5":
+        elif "node-2" in pair or "node-5" in pair:
             assert 0.22 <= value <= 0.38, (pair, value)  # 30 % ± 8
-        elif pair in (("node-3", "node-4"), ("node-4", "node-3")):
-            assert value == 1, (pair, value)
+        elif set(pair) == {"node-3", "node-4"}:
+            assert value == 1, (pair, value)  # node-4's replies to node-3 cross the cut too
         else:
             assert value == 0, (pair, value)
     assert len(measured) == len(PAIRS)
     assert kinds_and_subjects(lab) == {
-        ("inbound", "node-2"),
-        ("outbound", "node-5"),
-        ("link", "node-3 → node-4"),
-        ("link", "node-4 → node-3"),
+        ("node_loss", "node-2"),
+        ("node_loss", "node-5"),
+        ("link_loss", "node-3 → node-4"),
+        ("link_loss", "node-4 → node-3"),
     }
     # Every dashboard query returns data from this Prometheus (the error panels have
-    # no series while nothing fails), and the matrix shows node-2's column.
+    # no series while nothing fails), and the matrix shows node-2's row and column.
     for path in (ROOT / "dashboards").glob("*.json"):
         for title, target in queries(json.loads(path.read_text())):
             expr = lab_substitute(target["expr"])
@@ -138,31 +157,32 @@ def test_inbound_and_outbound_loss_and_a_broken_link(lab: Lab) -> None:
             assert lab.prometheus.query(expr), f"{path.name}: {title}: no data for {expr}"
     matrix = json.loads((ROOT / "dashboards" / "node-connectivity.json").read_text())
     cells = by_pair(lab, lab_substitute(matrix["panels"][0]["targets"][0]["expr"]))
-    into_node_2 = [cells[(s, "node-2")] for s in ("node-1", "node-3", "node-4")]
-    assert all(22 <= value <= 38 for value in into_node_2), cells
-    assert 43 <= cells[("node-5", "node-2")] <= 59, cells  # node-5's outbound loss as well
+    node_2 = [cells[(n, "node-2")] for n in ("node-1", "node-3", "node-4")]
+    node_2 += [cells[("node-2", n)] for n in ("node-1", "node-3", "node-4")]
+    assert all(22 <= value <= 38 for value in node_2), cells
+    assert 43 <= cells[("node-5", "node-2")] <= 59, cells  # node-5's loss as well
     assert cells[("node-1", "node-3")] == 0
 
 
 def test_isolation_latency_and_flapping(lab: Lab) -> None:
     lab.faults.apply(Fault("isolate", "node-5"))
     lab.faults.apply(Fault("latency", "node-1", delay_ms=20))
-    lab.faults.flap(Fault("inbound", "node-3", percent=100), period=2)  # on 2 s, off 2 s
+    lab.faults.flap(Fault("node-in", "node-3"), period=2)  # on 2 s, off 2 s
     time.sleep(SETTLE)
     measured = loss(lab)
     for pair, value in measured.items():
         if "node-5" in pair:
             assert value == 1, (pair, value)
-        elif pair[1] == "node-3":
-            assert 0.3 <= value <= 0.7, (pair, value)  # down half the time
+        elif "node-3" in pair:
+            assert 0.3 <= value <= 0.7, (pair, value)  # down half the time, both ways
         else:
             assert value == 0, (pair, value)
     # min/max/mdev are absent, not 0, for every pair touching the isolated node (pairs
-    # into the flapping node-3 come and go with the flaps: left out)
+    # with the flapping node-3 come and go with the flaps: left out)
     for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
         present = set(by_pair(lab, f"{gauge}{{{JOB}}}"))
         assert not {p for p in present if "node-5" in p}, gauge
-        steady = {p for p in PAIRS if "node-5" not in p and p[1] != "node-3"}
+        steady = {p for p in PAIRS if "node-5" not in p and "node-3" not in p}
         assert steady <= present, gauge
     rtt = mean_rtt(lab)
     for (source, destination), value in rtt.items():
@@ -172,15 +192,14 @@ def test_isolation_latency_and_flapping(lab: Lab) -> None:
             assert abs(value - 20) <= 1, (source, destination, value)
         else:
             assert value < 1, (source, destination, value)
-    assert kinds_and_subjects(lab) == {
-        ("unreachable", "node-5"),
-        ("inbound", "node-3"),
-        ("slow", "node-1"),
-    }
-    (flapper,) = lab.workdir.load().flappers
-    lab.faults.clear(node="node-3")  # stops node-3's flapper too; the other faults stay
+    verdicts = kinds_and_subjects(lab)
+    assert {("node_unreachable", "node-5"), ("node_slow", "node-1")} <= verdicts, verdicts
+    (node_3,) = verdicts - {("node_unreachable", "node-5"), ("node_slow", "node-1")}
+    assert node_3 in {("node_loss", "node-3"), ("node_flicker", "node-3")}, verdicts
+    (timer,) = lab.workdir.load().timers
+    lab.faults.clear(node="node-3")  # stops node-3's timer too; the other faults stay
     state = lab.workdir.load()
-    assert not state.flappers and not alive(flapper)
+    assert not state.timers and not alive(timer)
     remaining = {(f.kind, f.node) for f in state.faults}
     assert remaining == {("isolate", "node-5"), ("latency", "node-1")}
 

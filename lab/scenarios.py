@@ -1,0 +1,311 @@
+"""The fault scenarios the alerts and ``diagnose`` are held to, and how one is run.
+
+One list for both uses: ``make accuracy`` (benchmarks/accuracy.py) runs every
+scenario with the shipped rules at a 30 s scrape and prints how each went;
+tests/test_lab_alerts.py runs the same scenarios with lab-sized windows and
+asserts them. Each names the alerts that must fire (and no other) and the
+verdicts ``diagnose`` must print, on a 6-node lab in three zones
+(node-1, node-2: zone-a; node-3, node-4: zone-b; node-5, node-6: zone-c).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from exporter.diagnose import DiagnoseError, Diagnosis, Prometheus, diagnose
+
+from .faults import Fault
+from .state import LabConfig, LabError
+
+Alert = tuple[str, str]  # alert name, what it names ("" for the whole cluster)
+Verdict = tuple[str, str]  # diagnose's kind and subject
+
+NODES, ZONES = 6, 3
+
+
+def lab_config(shipped: bool) -> LabConfig:
+    """The scenarios' lab: the shipped rules at kube-prometheus-stack's 30 s scrape and
+    evaluation with the agents' default interval and timeout, or lab-sized windows
+    on a 5 s scrape with 50 ms probes (the test)."""
+    if shipped:
+        return LabConfig(nodes=NODES, zones=ZONES, output="http", interval=1.0, timeout=1.0,
+                         scrape_interval="30s", fast_alerts=False)  # fmt: skip
+    return LabConfig(nodes=NODES, zones=ZONES, output="http", fast_alerts=True)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    culprit: str  # in words, for the table
+    faults: tuple[Fault, ...]
+    alerts: frozenset[Alert]  # must fire, and nothing else
+    verdicts: frozenset[Verdict]  # diagnose prints exactly these
+    flap: float = 0.0  # the first fault on and off every so many seconds
+    blip: float = 0.0  # the first fault on once for so many seconds
+    # Seconds to watch after the fault when no alert is expected (a blip, a fault
+    # echo cannot see), at the shipped and the lab-sized windows.
+    watch: tuple[float, float] = (0.0, 0.0)
+    # Part of the test's shorter run (every verdict kind is); the others only in
+    # `make accuracy`.
+    ci: bool = True
+
+
+def _link(a: str, b: str) -> set[Alert]:
+    return {("NodePingLinkLoss", f"{a} → {b}"), ("NodePingLinkLoss", f"{b} → {a}")}
+
+
+def _link_verdicts(a: str, b: str) -> set[Verdict]:
+    return {("link_loss", f"{a} → {b}"), ("link_loss", f"{b} → {a}")}
+
+
+ALL = [f"node-{i}" for i in range(1, NODES + 1)]
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "node down",
+        "node-5",
+        (Fault("isolate", "node-5"),),
+        frozenset({("NodePingNodeUnreachable", "node-5")}),
+        frozenset({("node_unreachable", "node-5")}),
+    ),
+    Scenario(
+        "30 % loss into a node",
+        "node-2",
+        (Fault("node-in", "node-2", percent=30),),
+        frozenset({("NodePingNodeLoss", "node-2")}),
+        frozenset({("node_loss", "node-2")}),
+    ),
+    Scenario(
+        "30 % loss out of a node",
+        "node-4",
+        (Fault("node-out", "node-4", percent=30),),
+        frozenset({("NodePingNodeLoss", "node-4")}),
+        frozenset({("node_loss", "node-4")}),
+    ),
+    Scenario(
+        "10 % loss into a node",
+        "node-3",
+        (Fault("node-in", "node-3", percent=10),),
+        frozenset({("NodePingNodeLoss", "node-3")}),
+        frozenset({("node_loss", "node-3")}),
+        ci=False,
+    ),
+    Scenario(
+        "link cut one way",
+        "node-1 → node-3",
+        (Fault("link", "node-1", peer="node-3", both_ways=False),),
+        frozenset(_link("node-1", "node-3")),
+        frozenset(_link_verdicts("node-1", "node-3")),
+    ),
+    Scenario(
+        "10 % loss on a link",
+        "node-2 ↔ node-6",
+        (Fault("link", "node-2", peer="node-6", percent=10),),
+        frozenset(_link("node-2", "node-6")),
+        frozenset(_link_verdicts("node-2", "node-6")),
+        ci=False,
+    ),
+    Scenario(
+        "zone split",
+        "zone-a | zone-b, zone-c",
+        (Fault("partition", group_a=("zone-a",), group_b=("zone-b", "zone-c")),),
+        frozenset({("NodePingPartition", "")}),
+        frozenset({("partition", "node-1, node-2 | node-3, node-4, node-5, node-6")}),
+    ),
+    Scenario(
+        "15 s blip",
+        "node-4 (once: no alert)",
+        (Fault("isolate", "node-4"),),
+        frozenset(),
+        frozenset({("node_outage", "node-4")}),
+        blip=15,
+        watch=(150, 40),
+    ),
+    Scenario(
+        "node flapping (20 s off, 20 s on)",
+        "node-6",
+        (Fault("isolate", "node-6"),),
+        frozenset({("NodePingNodeFlicker", "node-6")}),
+        frozenset({("node_flicker", "node-6")}),
+        flap=20,
+    ),
+    Scenario(
+        "MTU black hole (1000 bytes)",
+        "node-2 (large packets only)",
+        (Fault("size", "node-2", max_bytes=1000),),
+        frozenset(),  # echo with 56-byte payloads passes: the size probes of issue 12 will see it
+        frozenset(),
+        watch=(360, 60),
+        ci=False,
+    ),
+    Scenario(
+        "starved agent",
+        "node-3's agent",
+        (Fault("starve", "node-3", percent=1),),
+        frozenset({("NodePingAgentStarved", "node-3")}),
+        frozenset({("agent_starved", "node-3")}),
+    ),
+    Scenario(
+        "20 ms latency",
+        "node-5",
+        (Fault("latency", "node-5", delay_ms=20),),
+        frozenset({("NodePingHighRTT", "node-5")}),
+        frozenset({("node_slow", "node-5")}),
+    ),
+    Scenario(
+        "node loss and a lossy link at once",
+        "node-2; node-4 ↔ node-6",
+        (
+            Fault("node-in", "node-2", percent=30),
+            Fault("link", "node-4", peer="node-6", percent=50),
+        ),
+        frozenset({("NodePingNodeLoss", "node-2"), *_link("node-4", "node-6")}),
+        frozenset({("node_loss", "node-2"), *_link_verdicts("node-4", "node-6")}),
+    ),
+    Scenario(
+        "two lossy nodes",
+        "node-1; node-4",
+        (Fault("node-in", "node-1", percent=30), Fault("node-out", "node-4", percent=30)),
+        frozenset({("NodePingNodeLoss", "node-1"), ("NodePingNodeLoss", "node-4")}),
+        frozenset({("node_loss", "node-1"), ("node_loss", "node-4")}),
+    ),
+    Scenario(
+        "lossy switch (20 % into every node)",
+        "ambiguous: every node",
+        tuple(Fault("node-in", node, percent=20) for node in ALL),
+        frozenset({("NodePingLossAmbiguous", "")}),
+        frozenset({("ambiguous", ", ".join(ALL))}),
+    ),
+)
+
+
+def firing(query: Callable[[str], list[dict[str, object]]], state: str = "firing") -> set[Alert]:
+    """The alerts in ``state`` now, each with what it names."""
+    out = set()
+    for sample in query(f'ALERTS{{alertstate="{state}"}}'):
+        labels = sample["metric"]
+        assert isinstance(labels, dict)
+        if "source_node" in labels and "destination_node" in labels:
+            subject = f"{labels['source_node']} → {labels['destination_node']}"
+        else:
+            subject = str(labels.get("node", ""))
+        out.add((str(labels["alertname"]), subject))
+    return out
+
+
+def verdicts(diagnosis: Diagnosis) -> set[Verdict]:
+    return {(v.kind, v.subject) for v in diagnosis.verdicts}
+
+
+def current(prometheus: Prometheus, after: set[Verdict]) -> set[Verdict]:
+    """diagnose's verdicts now, less the outages it already reported before (``after``):
+    an outage is a record of the past, reported for the whole outage window."""
+    found = verdicts(diagnose(prometheus))
+    return {v for v in found if not (v[0] == "node_outage" and v in after)}
+
+
+@dataclass
+class Outcome:
+    """What one scenario did: when each alert first fired (seconds after the fault),
+    and what diagnose said at the end."""
+
+    scenario: Scenario
+    fired: dict[Alert, float] = field(default_factory=dict)
+    verdicts: set[Verdict] = field(default_factory=set)
+    inline: set[Verdict] = field(default_factory=set)  # the same rules, evaluated by diagnose
+    error: str = ""
+
+    @property
+    def unexpected(self) -> set[Alert]:
+        return set(self.fired) - self.scenario.alerts
+
+    @property
+    def missed(self) -> set[Alert]:
+        return set(self.scenario.alerts - set(self.fired))
+
+    @property
+    def correct(self) -> bool:
+        return (
+            not self.error
+            and not self.unexpected
+            and not self.missed
+            and self.verdicts == self.scenario.verdicts
+        )
+
+
+def run(
+    lab: object,
+    prometheus: Prometheus,
+    query: Callable[[str], list[dict[str, object]]],
+    scenario: Scenario,
+    limit: float,
+    shipped: bool,
+    hold: float = 10.0,
+    inline: dict[str, str] | None = None,
+) -> Outcome:
+    """Apply the scenario's faults, watch the alerts until every expected one fired and
+    ``hold`` seconds more passed (or ``limit``), ask diagnose — and, with ``inline``
+    (the rules' config the lab's Prometheus runs), diagnose evaluating those rules
+    itself — then clear the faults.
+
+    ``lab`` is a lab.cluster.Lab (typed loosely: lab.cluster imports this module's
+    users, not this module)."""
+    faults = lab.faults  # type: ignore[attr-defined]
+    outcome = Outcome(scenario)
+    before = verdicts(diagnose(prometheus))
+    started = time.monotonic()
+    first, *rest = scenario.faults
+    if scenario.flap:
+        faults.flap(first, scenario.flap)
+    elif scenario.blip:
+        faults.pulse(first, scenario.blip)
+    else:
+        faults.apply(first)
+    for fault in rest:
+        faults.apply(fault)
+    watch = scenario.watch[0 if shipped else 1]
+    try:
+        done_at: float | None = None
+        while True:
+            now = time.monotonic() - started
+            for alert in firing(query):
+                outcome.fired.setdefault(alert, round(now))
+            complete = scenario.alerts <= set(outcome.fired)
+            if complete and done_at is None:
+                done_at = now
+            if scenario.alerts and done_at is not None and now - done_at >= hold:
+                break
+            if not scenario.alerts and now >= watch:
+                break
+            if now >= limit:
+                break
+            time.sleep(1)
+        try:
+            outcome.verdicts = current(prometheus, after=before)
+            if inline is not None:
+                found = verdicts(diagnose(prometheus, config=inline))
+                outcome.inline = {v for v in found if not (v[0] == "node_outage" and v in before)}
+        except DiagnoseError as exc:
+            outcome.error = str(exc)
+    finally:
+        faults.clear()
+    return outcome
+
+
+def wait_quiet(
+    query: Callable[[str], list[dict[str, object]]],
+    prometheus: Prometheus,
+    timeout: float,
+) -> None:
+    """Until no alert fires or is pending and diagnose finds nothing but past outages
+    (the last scenario's windows have passed)."""
+    deadline = time.monotonic() + timeout
+    left: object = None
+    while time.monotonic() < deadline:
+        active = firing(query) | firing(query, "pending")
+        left = active or {v for v in verdicts(diagnose(prometheus)) if v[0] != "node_outage"}
+        if not left:
+            return
+        time.sleep(2)
+    raise LabError(f"still not quiet after {timeout:.0f}s: {left}")
