@@ -311,6 +311,7 @@ DETAILS = (
     "node_ping:node_agent_lag:seconds",
     "node_ping:node_loss_suspect:ratio",
 )
+RULES_LOSS_WINDOW, RULES_OUTAGE_WINDOW = "the rules' loss window", "the rules' outage window"
 _RECORDED = re.compile(r"(?<![\w:])node_ping:[a-z_]+:[a-z0-9_]+(?![\w:])")
 
 
@@ -337,6 +338,11 @@ class RuleSet:
                 lambda m: f"({self.expand(m.group(0))})", self.exprs[name]
             )
         return self._expanded[name]
+
+
+def over(window: str) -> str:
+    """ "the last 10m" for a duration; a described window as it is."""
+    return f"the last {window}" if window[:1].isdigit() else window
 
 
 def read_thresholds(prometheus: Prometheus) -> dict[str, float]:
@@ -368,7 +374,8 @@ def diagnose(
         defaults = rules.defaults() | (config or {})
         if loaded and not window and selector is None and not thresholds and config is None:
             source, used = "recording rules", loaded
-            window = defaults["lossWindow"]
+            # The rules' own windows, whatever the chart set them to.
+            window, outage_window = RULES_LOSS_WINDOW, RULES_OUTAGE_WINDOW
 
             def expr(name: str) -> str:
                 return name
@@ -377,6 +384,7 @@ def diagnose(
             if window:
                 settings["lossWindow"] = window
             window = window or defaults["lossWindow"]
+            outage_window = defaults["outageWindow"]
             try:
                 rule_set = RuleSet(settings, loaded | (thresholds or {}))
             except rules.RulesError as exc:
@@ -393,8 +401,10 @@ def diagnose(
         loss = prometheus.by_pair(expr("node_ping:pair_loss:ratio"))
         if not loss:
             raise DiagnoseError(
-                f"Prometheus at {prometheus.url} has no kube_node_ping_* series over the last "
-                f"{window}: are the agents scraped (or their textfiles read by node-exporter)?"
+                f"Prometheus at {prometheus.url} has no pair to judge over {over(window)}: "
+                "are the agents scraped (or their textfiles read by node-exporter), and have "
+                f"they measured for {defaults['establishedAfter']} (the rules judge pairs that "
+                "old)?"
             )
         rtt = prometheus.by_pair(expr("node_ping:pair_rtt:mean_ms"))
         nodes = sorted({n for pair in loss for n in pair})
@@ -406,7 +416,7 @@ def diagnose(
             if found["partition"]
             else {}
         )
-        words = Wording(loss, details, used, defaults["outageWindow"], latest)
+        words = Wording(loss, details, used, outage_window, latest)
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 
@@ -503,12 +513,12 @@ class Wording:
                 seen = self.of(node, "node_ping:node_flickering_sources:ratio")
                 return (
                     f"{node} flickers: {seen} nodes saw it vanish and come back {times:g}+ times "
-                    f"in the last {self.outage_window}{length}"
+                    f"in {over(self.outage_window)}{length}"
                 )
             seen = self.of(node, "node_ping:node_outage_sources:ratio")
             return (
-                f"{node} had an outage: {seen} nodes saw it vanish and come back in the last "
-                f"{self.outage_window}{length}"
+                f"{node} had an outage: {seen} nodes saw it vanish and come back in "
+                f"{over(self.outage_window)}{length}"
             )
         if kind == "agent_starved":
             lag = details["node_ping:node_agent_lag:seconds"].get(node, 0.0)
@@ -556,7 +566,7 @@ def render_matrix(diagnosis: Diagnosis) -> str:
     names = [visible(n) for n in nodes]
     width = max([len(n) for n in names] + [6]) + 2
     lines = [
-        f"packet loss % over the last {diagnosis.window} (rows: source, columns: "
+        f"packet loss % over {over(diagnosis.window)} (rows: source, columns: "
         f"destination; from {diagnosis.source})",
         " " * width + "".join(f"{n:>{width}}" for n in names),
     ]
@@ -575,7 +585,7 @@ def render_text(diagnosis: Diagnosis) -> str:
     if diagnosis.verdicts:
         lines += [visible(v.text) for v in diagnosis.verdicts]
     else:
-        lines.append(f"no problem found over the last {diagnosis.window}")
+        lines.append(f"no problem found over {over(diagnosis.window)}")
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def test_prometheus_without_ping_series(tmp_path: Path) -> None:
             time.sleep(0.2)
         result = run("--prometheus", f"http://127.0.0.1:{port}")
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "has no kube_node_ping_* series over the last 3m" in result.stderr
+        assert "has no pair to judge over the last 3m" in result.stderr
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -297,15 +297,17 @@ def test_every_verdict_in_words(
     code, out, err = run_main(capsys, "--prometheus", server.url)
     assert (code, err) == (1, "")
     assert out.splitlines()[0] == (
-        "packet loss % over the last 3m (rows: source, columns: destination; from recording rules)"
+        "packet loss % over the rules' loss window (rows: source, columns: destination; from "
+        "recording rules)"
     )
     assert out.splitlines()[-8:] == [
         "partition: n1, n2 (zone-a) reach their own side and nothing across",
         "n6 is unreachable from 5/5 nodes (its agent reports nothing)",
         "n2 or its link loses packets (30% from 5/5 nodes, and 30% of its own probes lost)",
-        "n3 flickers: 4/5 nodes saw it vanish and come back 2+ times in the last 15m, 15 s on "
-        "average",
-        "n4 had an outage: 3/5 nodes saw it vanish and come back in the last 15m, 15 s on average",
+        "n3 flickers: 4/5 nodes saw it vanish and come back 2+ times in the rules' outage "
+        "window, 15 s on average",
+        "n4 had an outage: 3/5 nodes saw it vanish and come back in the rules' outage window, "
+        "15 s on average",
         "agent on n5 starved: 25% of its probes skipped, loop lag up to 2.0 s; its own "
         "measurements are not evidence of packet loss",
         "n4 → n5: 50% loss, other paths clean (link)",

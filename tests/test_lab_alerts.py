@@ -44,8 +44,16 @@ CI_SCENARIOS = [s for s in SCENARIOS if s.ci]
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with running_lab("alerts", lab_config(shipped=False)) as lab:
-        time.sleep(70)  # the fast rules judge pairs a minute old
+        established(lab, pairs=6 * 5)
         yield lab
+
+
+def established(lab: Lab, pairs: int, timeout: float = 150) -> None:
+    """Until the rules judge every pair: they take pairs a minute old."""
+    deadline = time.monotonic() + timeout
+    while len(lab.prometheus.query("node_ping:pair_loss:ratio")) < pairs:
+        assert time.monotonic() < deadline, "pairs not established"
+        time.sleep(2)
 
 
 def quiet(lab: Lab) -> None:
@@ -148,7 +156,7 @@ def test_a_threshold_set_through_the_chart_changes_alerts_and_diagnose_alike(lab
 def textfile_lab() -> Iterator[Lab]:
     config = LabConfig(nodes=4, output="textfile", fast_alerts=True)
     with running_lab("textfile", config) as lab:
-        time.sleep(70)
+        established(lab, pairs=4 * 3)
         yield lab
 
 
