@@ -114,12 +114,15 @@ class Lab:
     # -- peers: the peers file, and in Kubernetes mode the Node objects -------------
 
     def remove_peer(self, node: str) -> None:
-        """Take a node out of the peers (as if it were deleted from the cluster)."""
+        """Take a node out of the peers and of Prometheus's targets (as if it were deleted
+        from the cluster, its agent's pod with it)."""
         with self.workdir.changing() as state:
             state.config.check_node(node)
             if node not in state.removed:
                 state.removed.append(node)
             self.agents.write_peers(state)
+            if state.config.prometheus:
+                self.prometheus.write_targets(state)
             if state.config.kubernetes:
                 delete_node(self.kubernetes.core_api(state), node)
 
@@ -131,6 +134,8 @@ class Lab:
                 if state.config.kubernetes:
                     self.kubernetes.register(self.kubernetes.core_api(state), node, state.config)
             self.agents.write_peers(state)
+            if state.config.prometheus:
+                self.prometheus.write_targets(state)
 
     # -- reading ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from exporter import rules
 
 from .agents import listen_address
 from .network import Network
+from .process import write_atomically
 from .state import LabConfig, LabError, LabState, Workdir
 
 PROMETHEUS = "127.0.0.1:9090"
@@ -78,12 +79,7 @@ class HubPrometheus:
 
     def _write_config(self, state: LabState) -> Path:
         """prometheus.yml, the agents' file_sd targets and the rules it loads."""
-        targets_file = self.workdir.path / "targets.json"
-        targets = [
-            {"targets": [listen_address(state.config, node)], "labels": {"node": node}}
-            for node in state.config.node_names()
-        ]
-        targets_file.write_text(json.dumps(targets, indent=1))
+        targets_file = self.write_targets(state)
         rules_file = self.workdir.path / "node-ping.rules.yml"
         rules_file.write_text(self.rules_text(state.config))
         output = state.config.output
@@ -106,6 +102,18 @@ class HubPrometheus:
         config_file = self.workdir.path / "prometheus.yml"
         config_file.write_text(json.dumps(config, indent=1))
         return config_file
+
+    def write_targets(self, state: LabState) -> Path:
+        """The agents to scrape (file_sd, re-read within 5 s): every node still in the
+        cluster, as a DaemonSet's pods are; a removed node's agent is no target."""
+        targets_file = self.workdir.path / "targets.json"
+        targets = [
+            {"targets": [listen_address(state.config, node)], "labels": {"node": node}}
+            for node in state.config.node_names()
+            if node not in state.removed
+        ]
+        write_atomically(targets_file, json.dumps(targets, indent=1))
+        return targets_file
 
     @staticmethod
     def rules_text(config: LabConfig) -> str:

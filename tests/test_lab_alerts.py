@@ -62,7 +62,8 @@ def quiet(lab: Lab) -> None:
 
 def test_a_clean_network_with_churn_fires_nothing(lab: Lab) -> None:
     """Agents restarted one by one, a node leaving (removed from the peers, then gone)
-    and joining back: no alert ever pending, no verdict but past outages."""
+    and joining back: no alert fires, no network alert is even pending, no verdict but
+    past outages."""
     prometheus = LabPrometheus(lab)
 
     def leave() -> None:
@@ -85,7 +86,11 @@ def test_a_clean_network_with_churn_fires_nothing(lab: Lab) -> None:
     while (elapsed := time.monotonic() - started) < 200:
         while plan and plan[0][0] <= elapsed:
             plan.pop(0)[1]()
-        assert firing(lab.prometheus.query) | firing(lab.prometheus.query, "pending") == set()
+        assert firing(lab.prometheus.query) == set()
+        # An agent restarting misses a scrape: its `up` is 0 for a moment, true, and
+        # not for long enough to fire. Nothing else may even be pending.
+        pending = firing(lab.prometheus.query, "pending")
+        assert {name for name, _ in pending} <= {"NodePingAgentDown"}, pending
         found = {v for v in verdicts(diagnose(prometheus)) if v[0] != "node_outage"}
         assert found == set(), f"{elapsed:.0f}s: {found}"
         time.sleep(3)

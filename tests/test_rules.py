@@ -45,6 +45,8 @@ class Cluster:
     rtt_ms: dict[Pair, float] = field(default_factory=dict)
     # pair -> minutes (after fault_start) at which an outage of that pair ends
     outages: dict[Pair, list[int]] = field(default_factory=dict)
+    # node -> (minute after fault_start, seconds): the node vanishes that long, once
+    blips: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     skipped: dict[str, float] = field(default_factory=dict)  # node -> share of probes skipped
     zones: dict[str, str] = field(default_factory=dict)
     joins_at: dict[str, int] = field(default_factory=dict)  # node -> first minute with series
@@ -107,8 +109,13 @@ class Cluster:
             (self.fault_start + m) * 60 // STEP_S
             for m in self.outages.get((source, destination), [])
         ]
-        columns: list[list[str]] = [[], [], [], []]
-        totals = [0.0, 0.0, 0.0, 0.0]
+        blips = {
+            round((self.fault_start + minute) * 60 / STEP_S): seconds
+            for node in (source, destination)
+            for minute, seconds in self.blips.get(node, [])
+        }
+        columns: list[list[str]] = [[], [], [], [], []]
+        totals = [0.0, 0.0, 0.0, 0.0, 0.0]
         for step in range(self.steps + 1):
             if step < first:
                 for values in columns:
@@ -118,14 +125,21 @@ class Cluster:
                 faulty = self._faulty(step)
                 ratio = self.loss.get((source, destination), 0.0) if faulty else 0.0
                 delay = self.rtt_ms.get((source, destination), 0.5) if faulty else 0.5
-                replies = STEP_S * (1 - ratio)
+                replies = STEP_S * (1 - ratio) - blips.get(step, 0)
                 totals[0] += STEP_S
                 totals[1] += replies
                 totals[2] += replies * delay
-                totals[3] += ends.count(step)
+                totals[3] += ends.count(step) + (1 if step in blips else 0)
+                totals[4] += blips.get(step, 0)
             for values, total in zip(columns, totals, strict=True):
                 values.append(f"{total:g}")
-        names = ("packets_sent", "packets_received", "rtt_milliseconds", "outages")
+        names = (
+            "packets_sent",
+            "packets_received",
+            "rtt_milliseconds",
+            "outages",
+            "outage_seconds",
+        )
         return [
             {"series": f"kube_node_ping_{name}_total{{{labels}}}", "values": " ".join(values)}
             for name, values in zip(names, columns, strict=True)
@@ -410,6 +424,32 @@ def test_repeated_outages_seen_by_most_nodes_are_a_flicker(tmp_path: Path) -> No
         expect(OUTAGE, at(FAULT + 7)),  # the flicker says it all
     ]
     run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_one_blip_is_an_outage_not_loss(tmp_path: Path) -> None:
+    """d vanishes once for 25 s: over the 3-minute window that is 14 % of its probes, yet
+    no loss alert: the probes lost in the outage are the outage's. diagnose's record of
+    it stays for the outage window; a node with steady loss and a blip still alerts."""
+    cluster = Cluster(SIX, blips={"d": [(1, 25)]})
+    checks = [
+        firing([], at(FAULT + 1.5)),
+        firing([], at(FAULT + 3)),
+        expect(OUTAGE, at(FAULT + 3), (f'{OUTAGE}{{node="d"}}', 1)),
+        expect("node_ping:node_loss_suspect:ratio", at(FAULT + 3)),
+        expect(
+            'round(node_ping:pair_loss:ratio{source_node="a",destination_node="d"}, 0.01)',
+            at(FAULT + 2),
+            ('{source_node="a",destination_node="d"}', 0.14),
+        ),
+    ]
+    lossy = Cluster(SIX, loss=node_fault("e", SIX, 0.2), blips={"e": [(1, 25)]})
+    run_promtool(
+        tmp_path,
+        [
+            case(cluster, checks),
+            case(lossy, [firing([("NodePingNodeLoss", {"node": "e"})], at(25))]),
+        ],
+    )
 
 
 def test_a_starved_agent_is_not_packet_loss(tmp_path: Path) -> None:
