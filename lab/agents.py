@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from .cpu import CpuCgroups
 from .network import Network
@@ -69,7 +70,16 @@ class Agents:
         self.start(node)
 
     def ready_urls(self, state: LabState) -> set[str]:
+        """Each agent's /readyz; none in textfile-only mode, where agents serve no HTTP."""
+        if state.config.output == "textfile":
+            return set()
         return {f"http://{listen_address(state.config, node)}/readyz" for node in state.agents}
+
+    def ready_files(self, state: LabState) -> set[Path]:
+        """In textfile-only mode, each agent is ready once it wrote its textfile."""
+        if state.config.output != "textfile":
+            return set()
+        return {self.workdir.textfile_dir / f"node-ping_{node}.prom" for node in state.agents}
 
     def metrics(self, node: str) -> str:
         """The node's agent's /metrics, as Prometheus would scrape it."""

@@ -95,16 +95,20 @@ class Lab:
         self.workdir.remove()
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Every agent answers /readyz; Prometheus and node-exporter answer."""
+        """Every agent answers /readyz (or, textfile-only, has written its file);
+        Prometheus and node-exporter answer."""
         state = self.workdir.load()
         pending = self.agents.ready_urls(state)
+        files = self.agents.ready_files(state)
         if state.config.prometheus:
             pending |= self.prometheus.ready_urls()
         deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
+        while (pending or files) and time.monotonic() < deadline:
             pending = {url for url in pending if self.network.http_get(url)[0] != 200}
-            if pending:
+            files = {path for path in files if not path.exists()}
+            if pending or files:
                 time.sleep(0.2)
+        pending |= {str(path) for path in files}
         if pending:
             raise LabError(
                 f"not ready after {timeout}s: {', '.join(sorted(pending))} "

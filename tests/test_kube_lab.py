@@ -54,7 +54,11 @@ def lab(control_plane: ControlPlane) -> Iterator[Lab]:
     if not NETNS_OK:
         pytest.skip(NETNS_WHY)
     config = LabConfig(
-        nodes=len(NODES), prometheus=False, external_targets=[], kubernetes=control_plane.name
+        nodes=len(NODES),
+        zones=2,
+        prometheus=False,
+        external_targets=[],
+        kubernetes=control_plane.name,
     )
     with running_lab("kube", config) as made:
         yield made
@@ -145,6 +149,22 @@ def test_agents_follow_node_objects(lab: Lab) -> None:
     before = snapshot(lab)
     lab.add_peer("node-3")
     wait_for(lambda: answered(lab, "node-3", "198.18.0.3", before), 5, "node-3 back")
+
+
+def test_each_agent_reports_its_zone_from_its_node_object(lab: Lab) -> None:
+    """The lab labels each Node topology.kubernetes.io/zone; every agent reads its own
+    from the API server and reports it (kube_node_ping_node_info), for the rules'
+    partition verdict."""
+    api: Any = lab.kubernetes.core_api()
+    for node in NODES:
+        zone = api.read_node(node).metadata.labels["topology.kubernetes.io/zone"]
+        assert zone == lab.config.zone(node) != ""
+
+        def reported(node: str = node, zone: str = zone) -> bool:
+            info = select(parse_metrics(lab.agents.metrics(node)), "kube_node_ping_node_info")
+            return list(info) == [frozenset({("source_node", node), ("zone", zone)})]
+
+        wait_for(reported, 10, f"{node} reporting zone {zone}")
 
 
 def discovery(lab: Lab, node: str, name: str) -> float | None:

@@ -56,8 +56,8 @@ def established(lab: Lab, pairs: int, timeout: float = 150) -> None:
         time.sleep(2)
 
 
-def quiet(lab: Lab) -> None:
-    wait_quiet(lab.prometheus.query, LabPrometheus(lab), QUIET_LIMIT)
+def quiet(lab: Lab, history: bool = False) -> None:
+    wait_quiet(lab.prometheus.query, LabPrometheus(lab), QUIET_LIMIT, history)
 
 
 def test_a_clean_network_with_churn_fires_nothing(lab: Lab) -> None:
@@ -98,7 +98,7 @@ def test_a_clean_network_with_churn_fires_nothing(lab: Lab) -> None:
 
 @pytest.mark.parametrize("scenario", CI_SCENARIOS, ids=[s.name for s in CI_SCENARIOS])
 def test_the_fault_fires_its_alerts_only(lab: Lab, scenario: Scenario) -> None:
-    quiet(lab)
+    quiet(lab, history=scenario.clean_history)
     outcome = run(
         lab,
         LabPrometheus(lab),
