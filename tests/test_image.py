@@ -42,9 +42,9 @@ def test_image_builds_and_runs_the_agent() -> None:
     print(f"\n{size.group(1)}: {size.group(2)}")
 
 
-def wheel_contents(source: Path, out: Path) -> tuple[set[str], set[str]]:
-    """The top-level entries and the console scripts of the wheel pip builds from
-    ``source``, offline, with the venv's setuptools."""
+def wheel_contents(source: Path, out: Path) -> tuple[set[str], set[str], list[str]]:
+    """The top-level entries, the console scripts and every file of the wheel pip builds
+    from ``source``, offline, with the venv's setuptools."""
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "--no-index", "--wheel-dir", str(out), str(source)],
@@ -63,7 +63,7 @@ def wheel_contents(source: Path, out: Path) -> tuple[set[str], set[str]]:
         scripts = configparser.ConfigParser()
         scripts.read_string(archive.read(entry_points).decode())
     tops = {name.split("/")[0] for name in names if ".dist-info/" not in name}
-    return tops, set(scripts["console_scripts"])
+    return tops, set(scripts["console_scripts"]), names
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +84,14 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_agents_wheel_holds_only_the_agent(checkout: Path, tmp_path: Path) -> None:
     """What `pip install .` and the image get: the exporter package and its command."""
     assert (checkout / "lab" / "cli.py").exists() and (checkout / "tests").is_dir()
-    tops, scripts = wheel_contents(checkout, tmp_path)
+    tops, scripts, names = wheel_contents(checkout, tmp_path)
     assert tops == {"exporter"}
     assert scripts == {"node-ping-exporter"}
+    # the rules travel with the agent: `diagnose` evaluates them, `rules` prints them
+    assert "exporter/rules/node-ping.rules.yml" in names
 
 
 def test_the_lab_is_a_distribution_of_its_own(checkout: Path, tmp_path: Path) -> None:
-    tops, scripts = wheel_contents(checkout / "lab", tmp_path)
+    tops, scripts, _ = wheel_contents(checkout / "lab", tmp_path)
     assert tops == {"lab"}
     assert scripts == {"node-ping-lab", "node-ping-controlplane"}
