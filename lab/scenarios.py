@@ -54,6 +54,8 @@ class Scenario:
     # Part of the test's shorter run (every verdict kind is); the others only in
     # `make accuracy`.
     ci: bool = True
+    # The faults with the shipped settings, where they must differ (default: faults).
+    shipped_faults: tuple[Fault, ...] = ()
     # Judged on outages: starts only once no pair has had one within the outage
     # window, so that earlier scenarios' outages do not add up with its own.
     clean_history: bool = False
@@ -154,6 +156,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("starve", "node-3", percent=1),),
         frozenset({("NodePingAgentStarved", "node-3")}),
         frozenset({("agent_starved", "node-3")}),
+        # Probing 6 peers once a second needs well under 1 % of a CPU (measured: 1 %
+        # starved nothing): the shipped run holds it to the kernel's smallest quota.
+        shipped_faults=(Fault("starve", "node-3", percent=0.1),),
     ),
     Scenario(
         "20 ms latency",
@@ -264,7 +269,7 @@ def run(
     faults = lab.faults  # type: ignore[attr-defined]
     outcome = Outcome(scenario)
     started = time.monotonic()
-    first, *rest = scenario.faults
+    first, *rest = (shipped and scenario.shipped_faults) or scenario.faults
     mode = 0 if shipped else 1
     if scenario.flap[mode]:
         faults.flap(first, scenario.flap[mode])

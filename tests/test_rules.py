@@ -50,6 +50,7 @@ class Cluster:
     skipped: dict[str, float] = field(default_factory=dict)  # node -> share of probes skipped
     zones: dict[str, str] = field(default_factory=dict)
     joins_at: dict[str, int] = field(default_factory=dict)  # node -> first minute with series
+    leaves_at: dict[str, int] = field(default_factory=dict)  # node -> minute its pairs end
     job: str = JOB
     extra: list[dict[str, str]] = field(default_factory=list)
 
@@ -116,10 +117,18 @@ class Cluster:
         }
         columns: list[list[str]] = [[], [], [], [], []]
         totals = [0.0, 0.0, 0.0, 0.0, 0.0]
+        gone = min(
+            [self.leaves_at[n] * 60 // STEP_S for n in (source, destination) if n in self.leaves_at]
+            or [self.steps + 1]
+        )
         for step in range(self.steps + 1):
-            if step < first:
+            if step < first or step > gone:
                 for values in columns:
-                    values.append("_")  # no series yet: the node has not joined
+                    values.append("_")  # no series: the node has not joined, or has left
+                continue
+            if step == gone:  # the scrape that no longer has the series marks it stale
+                for values in columns:
+                    values.append("stale")
                 continue
             if step > first:
                 faulty = self._faulty(step)
@@ -507,6 +516,17 @@ def test_a_cordoned_node_going_away_raises_nothing(tmp_path: Path) -> None:
     }
     cluster = Cluster(FOUR, loss=node_fault("d", FOUR, 1.0), extra=[cordoned])
     run_promtool(tmp_path, [case(cluster, [firing([], at(20)), firing([], at(25))])])
+
+
+def test_a_node_that_crashed_and_was_removed_raises_nothing(tmp_path: Path) -> None:
+    """d's machine goes away at minute 15, its Node object a minute later: the agents
+    stop probing it and its series end. The loss of that minute is not judged for the
+    next 3 minutes as if d were still there."""
+    # the series end a minute after the fault started
+    cluster = Cluster(SIX, loss=node_fault("d", SIX, 1.0), leaves_at={"d": FAULT + 1})
+    checks = [firing([], at(FAULT + 0.5)), firing([], at(FAULT + 2)), firing([], at(FAULT + 4))]
+    checks.append(expect("node_ping:verdict:node_loss", at(FAULT + 2)))
+    run_promtool(tmp_path, [case(cluster, checks)])
 
 
 def test_a_node_the_autoscaler_deletes_raises_nothing(tmp_path: Path) -> None:
