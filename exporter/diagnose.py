@@ -634,7 +634,7 @@ def main(argv: list[str]) -> int:
         help=f"for the whole answer to each query (default {DEFAULT_TIMEOUT_S:g})",
     )
     args = parser.parse_args(argv)
-    if args.window and not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", args.window):
+    if args.window and not rules.DURATION.fullmatch(args.window):
         parser.error(f"argument --window: '{args.window}' is not a Prometheus duration (e.g. 10m)")
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         parser.error(f"argument --timeout: {args.timeout:g} is not a positive number of seconds")

@@ -25,7 +25,7 @@ RULES_FILE = Path(__file__).with_name("node-ping.rules.yml")
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 _CONFIG_BLOCK = re.compile(r"^config:\n(?:(?:[ ]+.*|[ ]*#.*|)\n)*", re.M)
 # A window: a Prometheus duration, e.g. 3m or 1m30s.
-_DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
+DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
 
 
 class RulesError(ValueError):
@@ -52,7 +52,7 @@ def check(config: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(value, str) or "\n" in value:
             raise RulesError(f"rules setting '{key}' must be one line of text")
         if key.endswith("Window") or key == "establishedAfter":
-            if not _DURATION.fullmatch(value):
+            if not DURATION.fullmatch(value):
                 raise RulesError(f"rules setting '{key}': '{value}' is not a duration (e.g. 3m)")
         elif any(c in value for c in "{}"):
             raise RulesError(
