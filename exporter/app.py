@@ -13,7 +13,9 @@ import asyncio
 import errno
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,7 +34,9 @@ from .icmp import EchoSocket, open_echo_socket, resolve_mode
 from .metrics import AgentCollector
 from .peers import PeerTable
 from .preflight import Plan
+from .reflector import Reflector, open_reflector_socket
 from .server import HttpServer, make_server
+from .stamp_sender import StampSender, open_sender_socket
 from .supervisor import AgentFailed, Component, Supervisor
 from .textfile import TextfileWriter
 
@@ -54,6 +58,19 @@ def open_sockets(raw: bool) -> dict[int, EchoSocket]:
     return sockets
 
 
+def open_udp_sockets(opener: Callable[[int], socket.socket]) -> dict[int, socket.socket]:
+    """One UDP socket per family; IPv4 must open, IPv6 may be off on the node."""
+    sockets = {4: opener(4)}
+    try:
+        sockets[6] = opener(6)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sockets[4].close()
+            raise
+        log.warning("no IPv6 UDP socket; STAMP to IPv6 peers is off", extra={"problem": str(exc)})
+    return sockets
+
+
 class Agent:
     def __init__(self, plan: Plan) -> None:
         settings = plan.settings
@@ -65,8 +82,19 @@ class Agent:
         self.sockets = open_sockets(raw=self.mode.value == "raw")
         self.supervisor = Supervisor(me)
         self.table = PeerTable(
-            settings.window, settings.per_peer_histogram, on_change=self._peers_changed
+            settings.window,
+            settings.per_peer_histogram,
+            on_change=self._peers_changed,
+            stamp=bool(settings.stamp_port),
         )
+        self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
+        self.reflector: Reflector | None = None
+        stamp: StampSender | None = None
+        if settings.stamp_port:
+            self.reflector = self._reflector()
+            stamp = StampSender(
+                open_udp_sockets(open_sender_socket), settings.stamp_port, settings.timeout, me
+            )
         self.prober = Prober(
             self.table,
             self.sockets,
@@ -74,9 +102,9 @@ class Agent:
             settings.timeout,
             settings.payload_size,
             node_name=me,
+            stamp=stamp,
         )
         self.collector = AgentCollector(me, self.mode.value, self.table, self.supervisor)
-        self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
         self.discovery_state = DiscoveryState(plan.discovery.value, me)
         self.textfile: TextfileWriter | None = None
         self.http: HttpServer | None = None
@@ -122,6 +150,18 @@ class Agent:
             s.kubeconfig,
             api_client=plan.kubernetes_client,
         )
+
+    def _reflector(self) -> Reflector:
+        s = self.settings
+        try:
+            sockets = open_udp_sockets(lambda family: open_reflector_socket(family, s.stamp_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid setting 'stamp_port' (--stamp-port): cannot listen on UDP port "
+                f"{s.stamp_port}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
+            ) from None
+        allowed = None if s.stamp_reflect_any else self.sink.knows
+        return Reflector(sockets, s.node_name, allowed)
 
     def _http_server(self) -> HttpServer:
         s = self.settings
@@ -186,6 +226,8 @@ class Agent:
                 ExternalTargets(s.external_targets, self.table, s.resolve_interval, s.node_name)
             )
         supervisor.start(self.prober)
+        if self.reflector is not None:
+            supervisor.start(self.reflector)
         if s.wants_http:
             self.http = self._http_server()
             supervisor.start(self.http)
@@ -216,5 +258,9 @@ class Agent:
             self.textfile.close()
         for sock in self.sockets.values():
             sock.close()
+        if self.reflector is not None:
+            self.reflector.close()
+        if self.prober.stamp is not None:
+            self.prober.stamp.close()
         if supervisor.fatal:
             raise AgentFailed(supervisor.fatal)

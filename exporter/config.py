@@ -289,6 +289,17 @@ class Settings(BaseSettings):
     payload_size: int = Field(
         default=56, ge=MIN_PAYLOAD_SIZE, le=65000, description="ICMP payload bytes"
     )
+    stamp_port: int = Field(
+        default=8762,
+        ge=0,
+        le=65535,
+        description="UDP port of the STAMP reflector (RFC 8762) every agent runs, and where "
+        "its sender reaches the other nodes' reflectors (one port cluster-wide); 0 = no STAMP",
+    )
+    stamp_reflect_any: bool = Field(
+        default=False,
+        description="answer STAMP test packets from any address, not only from known nodes",
+    )
     window: int = Field(
         default=30, ge=1, le=10000, description="probes per peer behind rtt min/max/mdev"
     )

@@ -43,6 +43,7 @@ from .metric_table import (
     SKIPPED_PROBES,
 )
 from .peers import Peer, PeerTable
+from .stamp_sender import StampSender
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,10 @@ class Prober:
         clock: Clock | None = None,
         node_name: str = "",
         token: bytes | None = None,
+        stamp: StampSender | None = None,
     ) -> None:
         self.table = table
+        self.stamp = stamp  # STAMP test packets ride on the echo schedule
         self.sockets = sockets
         self.interval = interval  # as configured
         self.cycle_seconds = interval  # in force: longer when the peers need it
@@ -204,6 +207,9 @@ class Prober:
         self.stats.heartbeat = now
         self._drain_all()
         self._expire(now)
+        if self.stamp is not None:
+            self.stamp.drain()
+            self.stamp.expire(now)
         if self._schedule_dirty:
             self._rebuild_schedule(now)
         next_due = self._send_due(now)
@@ -218,6 +224,8 @@ class Prober:
         yield SEND_ERRORS.samples(((me, reason), count) for reason, count in errors)
         yield EVENT_LOOP_LAG.sample(stats.loop_lag_seconds, me)
         yield PROBE_INTERVAL.sample(self.cycle_seconds, me)
+        if self.stamp is not None:
+            yield from self.stamp.collect()
 
     # -- sending ------------------------------------------------------------
 
@@ -287,6 +295,7 @@ class Prober:
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
         slot_deadline, in_flight = self._slot_deadline, self._in_flight
         time_ns = self.clock.time_ns
+        stamp_send = self.stamp.send if self.stamp is not None else None
         try:
             while True:
                 if index >= count:
@@ -300,6 +309,8 @@ class Prober:
                 if now - due > MAX_LATENESS_SECONDS:
                     self.stats.skipped_probes += 1  # missed while the loop was stalled
                     continue
+                if stamp_send is not None:
+                    stamp_send(peer, now, time_ns())
                 counter += 1
                 if route is None:
                     self.stats.count_send_error("no_socket")

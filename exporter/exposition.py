@@ -11,7 +11,7 @@ OpenMetrics 1.0) works the same for both parts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -21,6 +21,7 @@ from .metric_table import (
     EXTERNAL_PEER_FAMILIES,
     NODE_LABELS,
     NODE_PEER_FAMILIES,
+    NODE_STAMP_FAMILIES,
     Family,
 )
 from .peers import Peer, PeerKey, PeerKind, PeerTable
@@ -63,32 +64,38 @@ class PeerRenderer:
             fresh[peer.key] = cache.get(peer.key) or self._label_text(peer.key)
         out: list[str] = []
         for kind, families in PEER_FAMILIES:
-            sent, received, rtt_sum, rtt_sq, low, high, mdev, outages, outage_s = (
-                f.name for f in families
-            )
-            lines: list[list[str]] = [[] for _ in families]
-            for peer in peers:
-                if peer.key.kind is not kind:
-                    continue
-                labels = fresh[peer.key]
-                n_sent, n_received, total, squares = peer.stats.counters()
-                lines[0].append(f"{sent}{labels} {n_sent}\n")
-                lines[1].append(f"{received}{labels} {n_received}\n")
-                lines[2].append(f"{rtt_sum}{labels} {total!r}\n")
-                lines[3].append(f"{rtt_sq}{labels} {squares!r}\n")
-                summary = peer.stats.window_summary()
-                if summary is not None:  # no reply in the window: absent, never 0
-                    lines[4].append(f"{low}{labels} {summary[0]!r}\n")
-                    lines[5].append(f"{high}{labels} {summary[1]!r}\n")
-                    lines[6].append(f"{mdev}{labels} {summary[2]!r}\n")
-                n_outages, seconds = peer.stats.outage_totals()
-                lines[7].append(f"{outages}{labels} {n_outages}\n")
-                lines[8].append(f"{outage_s}{labels} {seconds!r}\n")
-            for family, samples in zip(families, lines, strict=True):
-                out.append(_header(family, openmetrics))
-                out.extend(samples)
+            rows = [(fresh[p.key], _echo_values(p)) for p in peers if p.key.kind is kind]
+            out.extend(_block(families, rows, openmetrics))
+        stamp_rows = [(fresh[p.key], p.stamp.counters()) for p in peers if p.stamp is not None]
+        out.extend(_block(NODE_STAMP_FAMILIES, stamp_rows, openmetrics))
         self._labels = fresh
         return "".join(out)
+
+
+Row = tuple[str, tuple[float | None, ...]]  # label text, one value per family (None: absent)
+
+
+def _echo_values(peer: Peer) -> tuple[float | None, ...]:
+    """The values of the echo families, in their order; min/max/mdev absent (never 0)
+    when the window holds no reply."""
+    sent, received, total, squares = peer.stats.counters()
+    summary = peer.stats.window_summary() or (None, None, None)
+    outages, seconds = peer.stats.outage_totals()
+    return (sent, received, total, squares, *summary, outages, seconds)
+
+
+def _block(families: tuple[Family, ...], rows: Sequence[Row], openmetrics: bool) -> list[str]:
+    """Each family's header, then its sample from every row."""
+    out: list[str] = []
+    for index, family in enumerate(families):
+        out.append(_header(family, openmetrics))
+        name = family.name
+        out.extend(
+            f"{name}{labels} {values[index]!r}\n"
+            for labels, values in rows
+            if values[index] is not None
+        )
+    return out
 
 
 class Exposition:

@@ -95,6 +95,36 @@ EXTERNAL_PEER_FAMILIES = (
     Family("external_ping_outage_seconds_total", "counter", _OUTAGE_SECONDS, EXTERNAL_LABELS),
 )
 
+# STAMP (RFC 8762) towards each node's reflector: forward loss is 1 - reached/sent, reverse
+# loss 1 - received/reached. Rendered by exposition.PeerRenderer from (sent, reached,
+# received, rtt sum), in this order.
+NODE_STAMP_FAMILIES = (
+    Family(
+        "kube_node_ping_stamp_packets_sent_total",
+        "counter",
+        "STAMP test packets resolved (answered or timed out).",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_stamp_packets_reached_total",
+        "counter",
+        "STAMP test packets that reached the peer's reflector (from its own sequence numbers).",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_stamp_packets_received_total",
+        "counter",
+        "STAMP replies received within the timeout.",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_stamp_rtt_milliseconds_total",
+        "counter",
+        "Sum of STAMP round-trip times, less the time the reflector held each packet, ms.",
+        NODE_LABELS,
+    ),
+)
+
 # -- the peer table -------------------------------------------------------------------------
 
 PEER_RTT = Family(
@@ -169,6 +199,20 @@ PROBE_INTERVAL = Family(
     "gauge",
     "Seconds between probes to each peer now: --interval, or longer when the peer count needs it.",
     SOURCE,
+)
+
+STAMP_SEND_ERRORS = Family(
+    "kube_node_ping_stamp_send_errors_total",
+    "counter",
+    "STAMP test packets the kernel refused to send, by errno.",
+    (*SOURCE, "reason"),
+)
+STAMP_REFLECTOR_PACKETS = Family(
+    "kube_node_ping_stamp_reflector_packets_total",
+    "counter",
+    "Packets at this node's STAMP reflector, by result: reflected, unknown_source (not a "
+    "known node's address), malformed, send_error.",
+    (*SOURCE, "result"),
 )
 
 # -- discovery ------------------------------------------------------------------------------
@@ -249,6 +293,7 @@ BUILD_INFO = Family(
 FAMILIES: tuple[Family, ...] = (
     *NODE_PEER_FAMILIES,
     *EXTERNAL_PEER_FAMILIES,
+    *NODE_STAMP_FAMILIES,
     PEER_RTT,
     NODE_RTT,
     EXTERNAL_RTT,
@@ -261,6 +306,8 @@ FAMILIES: tuple[Family, ...] = (
     SEND_ERRORS,
     EVENT_LOOP_LAG,
     PROBE_INTERVAL,
+    STAMP_SEND_ERRORS,
+    STAMP_REFLECTOR_PACKETS,
     DISCOVERY_UP,
     DISCOVERY_LAST_SUCCESS,
     DISCOVERY_ERRORS,

@@ -19,7 +19,7 @@ from enum import StrEnum
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from .metric_table import EXTERNAL_RTT, NODE_RTT, PEER_RTT, PEERS
-from .stats import Histogram, PeerStats
+from .stats import Histogram, PeerStats, StampStats
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Peer:
     stats: PeerStats
     # Stable position in the probing cycle, in [0, 1): spreads sends evenly.
     offset: float = field(default=0.0)
+    # The STAMP session towards the node's reflector (nodes only, when STAMP is on).
+    stamp: StampStats | None = None
 
 
 def stable_fraction(*parts: str) -> float:
@@ -77,8 +79,10 @@ class PeerTable:
         window: int,
         per_peer_histogram: bool,
         on_change: Callable[[], None] | None = None,
+        stamp: bool = False,
     ) -> None:
         self._window = window
+        self._stamp = stamp  # node peers get a STAMP session
         self._per_peer_histogram = per_peer_histogram
         self._peers: dict[PeerKey, Peer] = {}
         # RTT histogram over all peers of a kind (kube_node_ping_rtt_seconds, ...).
@@ -112,6 +116,7 @@ class PeerTable:
                 key=key,
                 stats=PeerStats(self._window, self.histograms[key.kind], self._per_peer_histogram),
                 offset=stable_fraction(key.kind.value, key.name, key.address),
+                stamp=StampStats() if self._stamp and key.kind is PeerKind.NODE else None,
             )
         self._peers = peers
         log.info(

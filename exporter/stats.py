@@ -169,3 +169,69 @@ class PeerStats:
 
     def window_summary(self) -> tuple[float, float, float] | None:
         return window_summary(self._window.tolist())
+
+
+class StampStats:
+    """One peer's STAMP session (exporter.stamp_sender): what was sent, what reached the
+    peer's reflector, what came back, and the round trips.
+
+    ``reached`` comes from the stateful reflector's sequence numbers. A reply with
+    sender sequence s and reflector sequence r, after the newest earlier reply
+    (s0, r0), says that r - r0 of the s - s0 packets sent in between reached the
+    reflector. It can claim no more than were sent (a reflector that restarted, or
+    a session this one resumed after the peer left and came back, numbers
+    differently): then only what the new numbering vouches for, r + 1, at most
+    s - s0. Packets after the newest reply are counted when the next one arrives,
+    so ``reached`` trails ``sent`` by up to a probe's timeout; PromQL rates over
+    minutes do not see that, and the exposition never shows more reached than
+    sent, nor fewer than received.
+    """
+
+    __slots__ = (
+        "_last_reflector_sequence",
+        "_last_sender_sequence",
+        "_next_sequence",
+        "reached",
+        "received",
+        "rtt_ms_sum",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.reached = 0
+        self.received = 0
+        self.rtt_ms_sum = 0.0
+        self._next_sequence = 0
+        self._last_sender_sequence = -1
+        self._last_reflector_sequence = -1
+
+    def next_sequence(self) -> int:
+        """The session's next sender sequence number (from 0, one per packet)."""
+        sequence = self._next_sequence
+        self._next_sequence = (sequence + 1) & 0xFFFFFFFF
+        return sequence
+
+    def record_reply(self, sender_sequence: int, reflector_sequence: int, rtt_ms: float) -> None:
+        sent_since = sender_sequence - self._last_sender_sequence
+        if sent_since > 0:  # the newest reply so far (an older one, reordered, adds nothing)
+            arrived = reflector_sequence - self._last_reflector_sequence
+            if not 0 < arrived <= sent_since:
+                arrived = min(reflector_sequence + 1, sent_since)
+            self.reached += arrived
+            self._last_sender_sequence = sender_sequence
+            self._last_reflector_sequence = reflector_sequence
+        self.sent += 1
+        self.received += 1
+        self.rtt_ms_sum += max(rtt_ms, 0.0)
+
+    def record_loss(self) -> None:
+        self.sent += 1
+
+    def counters(self) -> tuple[int, int, int, float]:
+        """(sent, reached, received, rtt sum), read so that received ≤ reached ≤ sent."""
+        received = self.received
+        rtt_sum = self.rtt_ms_sum
+        reached = self.reached
+        sent = self.sent
+        return sent, max(received, min(reached, sent)), received, rtt_sum

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the tools the chart checks use, into .cache: Helm 3 and Helm 4 built
-# from the Go module proxy, checkov from PyPI. Skips what is already there (a
+# Installs the tools the checks use, into .cache: Helm 3 and Helm 4 built from the
+# Go module proxy, checkov from PyPI, stamp-suite (a STAMP implementation nobody
+# here wrote, for the interoperability tests) from crates.io. Skips what is already there (a
 # fresh machine pays a few minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,20 @@ if command -v go >/dev/null 2>&1; then
   build helm4 helm.sh/helm/v4/cmd/helm "$HELM4_VERSION"
 else
   echo "Go is not installed: the chart checks will skip" >&2
+fi
+
+# stamp-suite (crates.io): about two minutes of cargo once.
+STAMP_SUITE_VERSION=1.0.0
+if command -v cargo >/dev/null 2>&1; then
+  if [ ! -x "$bin/stamp-suite" ] || [ ! -e "$bin/.stamp-suite-$STAMP_SUITE_VERSION" ]; then
+    echo "building stamp-suite $STAMP_SUITE_VERSION (cargo install)"
+    tmp=$(mktemp -d)
+    cargo install --quiet --locked --root "$tmp" "stamp-suite@$STAMP_SUITE_VERSION"
+    mv "$tmp/bin/stamp-suite" "$bin/stamp-suite"; rm -rf "$tmp"
+    rm -f "$bin/.stamp-suite-"*; touch "$bin/.stamp-suite-$STAMP_SUITE_VERSION"
+  fi
+else
+  echo "cargo is not installed: the STAMP interoperability checks will skip" >&2
 fi
 
 # checkov (PyPI) in a virtualenv of its own: its dependencies must not move ours.

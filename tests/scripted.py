@@ -18,6 +18,7 @@ from typing import Any
 
 from exporter.engine import Prober
 from exporter.icmp import EchoReply, RequestBuilder
+from exporter.stamp import ntp_timestamp, pack_reflector, unpack_sender
 
 EPOCH_NS = 1_800_000_000 * 10**9  # CLOCK_REALTIME at monotonic 0
 _PACKET = struct.Struct("!H8sQ")
@@ -84,6 +85,70 @@ class ScriptedSocket:
         while self._arrivals and self._arrivals[0][0] <= now_ns and len(due) < limit:
             due.append(heapq.heappop(self._arrivals)[2])
         return due
+
+
+# (address, send time in s) -> whether the STAMP packet reaches the peer's reflector
+Forward = Callable[[str, float], bool]
+REFLECTOR_HOLDS_NS = 10_000
+_TIMESPEC = struct.Struct("@qq")
+SO_TIMESTAMPNS = 35
+
+
+class ScriptedStampSocket:
+    """The UDP socket of exporter.stamp_sender, with every peer's stateful reflector
+    behind it: ``forward`` says whether a packet reaches the reflector (which then
+    numbers it), ``respond`` gives the round trip of its reply or None (lost on the
+    way back). The reflector holds each packet REFLECTOR_HOLDS_NS."""
+
+    def __init__(
+        self,
+        clock: ScriptedClock,
+        forward: Forward,
+        respond: Responder,
+        unreachable: frozenset[str] = frozenset(),
+    ) -> None:
+        self.clock = clock
+        self.forward = forward
+        self.respond = respond
+        self.unreachable = unreachable  # sendto fails with ENETUNREACH
+        self.reflected: dict[str, int] = {}  # per reflector: packets it numbered
+        self._arrivals: list[tuple[int, int, bytes, str, int]] = []  # heap
+        self._order = 0
+
+    def sendto(self, packet: bytes, address: tuple[Any, ...]) -> int:
+        sender = unpack_sender(packet)
+        assert sender is not None
+        host, now = address[0], self.clock.now
+        if host in self.unreachable:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        rtt = self.respond(host, now)
+        if self.forward(host, now):
+            number = self.reflected.get(host, 0)
+            self.reflected[host] = number + 1
+            if rtt is not None:
+                sent_ns = self.clock.time_ns()
+                received_ns = sent_ns + round(rtt * 1e9) // 2
+                reply = pack_reflector(
+                    number,
+                    ntp_timestamp(received_ns + REFLECTOR_HOLDS_NS),
+                    ntp_timestamp(received_ns),
+                    sender,
+                    64,
+                )
+                arrival = sent_ns + round(rtt * 1e9) + REFLECTOR_HOLDS_NS
+                self._order += 1
+                heapq.heappush(self._arrivals, (arrival, self._order, reply, host, address[1]))
+        return len(packet)
+
+    def recvmsg(self, size: int, ancillary: int) -> tuple[bytes, list[Any], int, tuple[Any, ...]]:
+        if not self._arrivals or self._arrivals[0][0] > self.clock.time_ns():
+            raise BlockingIOError
+        arrival, _, reply, host, port = heapq.heappop(self._arrivals)
+        stamp = _TIMESPEC.pack(*divmod(arrival, 10**9))
+        return reply, [(1, SO_TIMESTAMPNS, stamp)], 0, (host, port)
+
+    def close(self) -> None:
+        pass
 
 
 def drive(

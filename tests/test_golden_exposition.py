@@ -27,11 +27,13 @@ from exporter.engine import Prober
 from exporter.exposition import Exposition
 from exporter.metrics import AgentCollector
 from exporter.peers import NodeAddress, PeerTable
+from exporter.reflector import Reflector
 from exporter.server import HttpServer
+from exporter.stamp_sender import StampSender
 from exporter.supervisor import Supervisor
 from exporter.textfile import TextfileWriter
 
-from .scripted import ScriptedClock, ScriptedSocket, drive
+from .scripted import ScriptedClock, ScriptedSocket, ScriptedStampSocket, drive
 
 GOLDEN = Path(__file__).parent / "golden"
 V4, V6 = "198.18.0", "fd00:198:18::"
@@ -67,10 +69,21 @@ def nodes(*pairs: tuple[str, str]) -> list[NodeAddress]:
     ]
 
 
+def forward(address: str, at: float) -> bool:
+    """STAMP: n2's packets are lost on the way out every fourth probe; n1's replies are
+    late every other probe (respond), so its losses are on the way back; n3's outage
+    takes both ways."""
+    if address == f"{V4}.4" and 1001.55 <= at < 1005.05:
+        return False
+    return not (address == f"{V4}.3" and round(at * 10) % 4 == 0)
+
+
 def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition:
     clock = ScriptedClock()
     sock = ScriptedSocket(clock, respond, unreachable=frozenset({f"{V4}.7"}))
-    table = PeerTable(window=5, per_peer_histogram=per_peer_histogram)
+    stamp_sock = ScriptedStampSocket(clock, forward, respond, frozenset({f"{V4}.7"}))
+    stamp = StampSender({4: stamp_sock, 6: stamp_sock}, 8762, 0.05, "node-0", ssid=7)
+    table = PeerTable(window=5, per_peer_histogram=per_peer_histogram, stamp=True)
     prober = Prober(
         table,
         {4: sock, 6: sock},
@@ -81,6 +94,7 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
         clock=clock,
         node_name="node-0",
         token=b"golden!!",
+        stamp=stamp,
     )
     table._on_change = prober.peers_changed
     sink = NodeSink(table, "node-0", ping_self=False, max_peers=0)
@@ -108,8 +122,11 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
     tls: Any = SimpleNamespace(reload_errors=1)
     authorizer: Any = SimpleNamespace(decisions={200: 5, 401: 2, 403: 1, 503: 0})
     http = HttpServer(server, "node-0", tls, authorizer)
+    # The reflector's counters, scripted: what it answers is tests/test_stamp.py's.
+    reflector = Reflector({}, "node-0")
+    reflector.counts.update(reflected=40, unknown_source=2, malformed=1)
     supervisor = Supervisor("node-0")
-    for component in (discovery, resolver, prober, writer, http):
+    for component in (discovery, resolver, prober, reflector, writer, http):
         supervisor.components.append(component)
         supervisor.restarts[component.name] = 0
     registry = CollectorRegistry()

@@ -135,6 +135,8 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
+stamp_port: {{ .Values.stamp.port }}
+stamp_reflect_any: {{ .Values.stamp.reflectAny }}
 external_targets: {{ include "npe.externalTargets" . }}
 resolve_interval: {{ .Values.externalTargetsResolveInterval }}
 icmp_mode: {{ .Values.icmp.mode }}

@@ -69,6 +69,12 @@ class NodeSink:
         self.max_peers = max_peers
         self.discovered_nodes = 0  # nodes known before sampling, self excluded
         self.zone = ""  # this node's zone, when discovery lists this node with one
+        self.addresses: frozenset[str] = frozenset()  # every known node's, this one's too
+
+    def knows(self, address: str) -> bool:
+        """Whether ``address`` belongs to a node discovery lists (the STAMP reflector
+        answers only those)."""
+        return address in self.addresses
 
     def update(self, nodes: Iterable[NodeAddress]) -> None:
         by_name: dict[str, set[str]] = {}
@@ -78,6 +84,7 @@ class NodeSink:
             if node.name == self.self_name and node.zone:
                 zone = node.zone
         self.zone = zone
+        self.addresses = frozenset(a for addresses in by_name.values() for a in addresses)
         chosen = choose_peers(self.self_name, by_name, self.max_peers)
         if self.ping_self and self.self_name in by_name:
             chosen.add(self.self_name)

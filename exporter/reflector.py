@@ -1,0 +1,150 @@
+"""The STAMP Session-Reflector (RFC 8762 §4.3, stateful, unauthenticated) every agent runs.
+
+Stateful means the reflector numbers its replies itself, per session, from 0:
+a sender that sees reflector sequence 7 on its 10th packet knows 8 packets
+reached the reflector, so it can split its loss into the forward and the reverse
+direction (exporter.stamp_sender). A session is a sender's address, port and
+Session-Sender Identifier (RFC 8972 §3); one idle for SESSION_IDLE_SECONDS is
+forgotten, and at most MAX_SESSIONS are kept (the oldest goes first).
+
+The reply goes out as soon as the packet is read (the socket wakes the event
+loop; no tick), and carries the kernel's receive stamp and the send time, so
+the sender subtracts the reflector's own delay from the round trip.
+
+Only addresses of known nodes get a reply, by default: a UDP reflector that
+answers anyone on a host network is a tool for others (a spoofed source turns
+it against a third party). Replies are never larger than requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from .metric_table import STAMP_REFLECTOR_PACKETS
+from .stamp import (
+    ANCILLARY_SPACE,
+    MAX_PACKET,
+    ntp_timestamp,
+    open_udp_socket,
+    pack_reflector,
+    received_at,
+    unpack_sender,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_IDLE_SECONDS = 300.0
+MAX_SESSIONS = 65_536
+READ_BATCH = 256
+
+SessionKey = tuple[str, int, int]  # sender address, port, SSID
+
+
+def open_reflector_socket(family: int, port: int) -> socket.socket:
+    return open_udp_socket(family, port, receive_ttl=True)
+
+
+class Reflector:
+    """Answers STAMP test packets; a component (started, supervised, stopped, metrics)."""
+
+    name = "stamp-reflector"
+
+    def __init__(
+        self,
+        sockets: dict[int, socket.socket],
+        node_name: str,
+        allowed: Callable[[str], bool] | None = None,
+        time_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sockets = sockets
+        self.node_name = node_name
+        self.allowed = allowed  # None: every source
+        self.time_ns = time_ns
+        self.monotonic = monotonic
+        # session -> (next reflector sequence, last seen); oldest first
+        self.sessions: OrderedDict[SessionKey, tuple[int, float]] = OrderedDict()
+        self.counts = {"reflected": 0, "unknown_source": 0, "malformed": 0, "send_error": 0}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets.values():
+            loop.add_reader(sock.fileno(), self.read, sock)
+        try:
+            await asyncio.Event().wait()  # the work happens in read()
+        finally:
+            for sock in self.sockets.values():
+                loop.remove_reader(sock.fileno())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = sorted(dict(self.counts).items())
+        yield STAMP_REFLECTOR_PACKETS.samples(((self.node_name, r), n) for r, n in counts)
+
+    def read(self, sock: socket.socket) -> None:
+        """Reflect everything waiting in ``sock`` (up to READ_BATCH packets)."""
+        for _ in range(READ_BATCH):
+            try:
+                data, ancdata, _flags, address = sock.recvmsg(MAX_PACKET, ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket: nothing to read
+                log.debug("reflector receive error", extra={"problem": str(exc)})
+                continue
+            self.reflect(sock, data, ancdata, address)
+
+    def reflect(
+        self,
+        sock: socket.socket,
+        data: bytes,
+        ancdata: list[tuple[int, int, bytes]],
+        address: tuple[Any, ...],
+    ) -> None:
+        received_ns, ttl = received_at(ancdata)
+        source = address[0]
+        if self.allowed is not None and not self.allowed(source):
+            self.counts["unknown_source"] += 1
+            return
+        packet = unpack_sender(data)
+        if packet is None:
+            self.counts["malformed"] += 1
+            return
+        sequence = self._next_sequence((source, address[1], packet.ssid))
+        receive_stamp = ntp_timestamp(received_ns)
+        reply = pack_reflector(sequence, ntp_timestamp(self.time_ns()), receive_stamp, packet, ttl)
+        try:
+            sock.sendto(reply, address)
+        except OSError as exc:
+            self.counts["send_error"] += 1
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EPERM, errno.ENETUNREACH):
+                log.debug("reflector send error", extra={"problem": str(exc)})
+            return
+        self.counts["reflected"] += 1
+
+    def _next_sequence(self, key: SessionKey) -> int:
+        now = self.monotonic()
+        sessions = self.sessions
+        entry = sessions.pop(key, None)
+        sequence = 0 if entry is None or now - entry[1] > SESSION_IDLE_SECONDS else entry[0]
+        sessions[key] = (sequence + 1, now)  # the most recently used last
+        while len(sessions) > MAX_SESSIONS:
+            sessions.popitem(last=False)
+        if len(sessions) > 1:
+            oldest_key, (_, seen) = next(iter(sessions.items()))
+            if now - seen > SESSION_IDLE_SECONDS:
+                del sessions[oldest_key]
+        return sequence
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            with contextlib.suppress(OSError):
+                sock.close()
