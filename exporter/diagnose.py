@@ -295,8 +295,11 @@ KINDS = (
     "node_outage",
     "agent_starved",
     "link_loss",
+    "protocol_loss",
     "node_slow",
 )
+# Verdicts that qualify others (the direction STAMP places a loss on), not printed alone.
+QUALIFIERS = ("node_loss_direction", "link_loss_direction")
 # Per-node series the verdicts' wording needs.
 DETAILS = (
     "node_ping:node_loss:ratio",
@@ -310,6 +313,7 @@ DETAILS = (
     "node_ping:node_agent_skipped:ratio",
     "node_ping:node_agent_lag:seconds",
     "node_ping:node_loss_suspect:ratio",
+    "node_ping:node_udp_only_sources:ratio",
 )
 RULES_LOSS_WINDOW, RULES_OUTAGE_WINDOW = "the rules' loss window", "the rules' outage window"
 _RECORDED = re.compile(r"(?<![\w:])node_ping:[a-z_]+:[a-z0-9_]+(?![\w:])")
@@ -409,14 +413,17 @@ def diagnose(
         rtt = prometheus.by_pair(expr("node_ping:pair_rtt:mean_ms"))
         nodes = sorted({n for pair in loss for n in pair})
         result = Diagnosis(window, source, nodes, _matrix(loss), _matrix(rtt), used)
-        found = {kind: prometheus.samples(expr(f"node_ping:verdict:{kind}")) for kind in KINDS}
+        found = {
+            kind: prometheus.samples(expr(f"node_ping:verdict:{kind}"))
+            for kind in (*KINDS, *QUALIFIERS)
+        }
         details = {name: prometheus.by_node(expr(name)) for name in DETAILS}
         latest = (
             prometheus.by_pair(expr("node_ping:pair_loss:ratio_latest"))
             if found["partition"]
             else {}
         )
-        words = Wording(loss, details, used, outage_window, latest)
+        words = Wording(loss, details, used, outage_window, latest, found)
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 
@@ -438,7 +445,9 @@ class Wording:
         thresholds: dict[str, float],
         outage_window: str,
         latest: dict[Pair, float],
+        found: dict[str, list[tuple[dict[str, str], float]]] | None = None,
     ) -> None:
+        found = found or {}
         self.loss = loss
         self.details = details
         self.thresholds = thresholds
@@ -447,6 +456,20 @@ class Wording:
         self.sources: defaultdict[str, int] = defaultdict(int)  # node -> sources measuring it
         for _, destination in loss:
             self.sources[destination] += 1
+        # What STAMP adds: the way a node's loss is on, each lossy way of a link, and
+        # the nodes whose loss is ICMP only.
+        self.directions: defaultdict[str, dict[str, float]] = defaultdict(dict)
+        for labels, value in found.get("node_loss_direction", []):
+            self.directions[labels.get("node", "?")][labels.get("direction", "?")] = value
+        self.ways = {
+            (labels.get("from_node", "?"), labels.get("to_node", "?")): value
+            for labels, value in found.get("link_loss_direction", [])
+        }
+        self.icmp_only = {
+            labels.get("node", "?")
+            for labels, _ in found.get("protocol_loss", [])
+            if labels.get("protocol") == "icmp"
+        }
 
     def of(self, node: str, share_series: str) -> str:
         """ "k/n": the share recorded for ``node`` as a count of its sources."""
@@ -480,11 +503,23 @@ class Wording:
         if kind == "link_loss":
             out = []
             for labels, ratio in sorted(samples, key=lambda s: sorted(s[0].items())):
-                pair = f"{labels.get('source_node', '?')} → {labels.get('destination_node', '?')}"
+                source, destination = (
+                    labels.get("source_node", "?"),
+                    labels.get("destination_node", "?"),
+                )
+                pair = f"{source} → {destination}"
+                ways = sorted(
+                    (w, r) for w, r in self.ways.items() if set(w) == {source, destination}
+                )
+                placed = "".join(f"; lost on the way {a} → {b} ({r:.0%})" for (a, b), r in ways)
                 out.append(
-                    Verdict(kind, pair, f"{pair}: {ratio:.0%} loss, other paths clean (link)")
+                    Verdict(
+                        kind, pair, f"{pair}: {ratio:.0%} loss, other paths clean (link){placed}"
+                    )
                 )
             return out
+        if kind == "protocol_loss":  # UDP only: ICMP-only loss qualifies node_loss instead
+            samples = [(labels, v) for labels, v in samples if labels.get("protocol") == "udp"]
         out = []
         for labels, value in sorted(samples, key=lambda s: s[0].get("node", "")):
             node = labels.get("node", "?")
@@ -501,9 +536,26 @@ class Wording:
         if kind == "node_loss":
             mean = details["node_ping:node_loss:ratio"].get(node, 0.0)
             lossy = self.of(node, "node_ping:node_lossy_sources:ratio")
+            figures = f"{mean:.0%} from {lossy} nodes, and {self.own(node)}"
+            if node in self.icmp_only:
+                return (
+                    f"{node}: ICMP lost while UDP passes ({figures}): a policy or rate limit "
+                    "on ICMP, not its link"
+                )
+            ways = self.directions.get(node)
+            if ways:
+                placed = " and ".join(
+                    f"{ways[d]:.0%} of what {word}"
+                    for d, word in (("in", "arrives"), ("out", "leaves"))
+                    if d in ways
+                )
+                return f"{node} loses {placed} (echo: {figures})"
+            return f"{node} or its link loses packets ({figures})"
+        if kind == "protocol_loss":
+            seen = self.of(node, "node_ping:node_udp_only_sources:ratio")
             return (
-                f"{node} or its link loses packets ({mean:.0%} from {lossy} nodes, and "
-                f"{self.own(node)})"
+                f"UDP lost at {node} while ICMP passes: {value:.0%} of STAMP packets from {seen} "
+                "nodes (a firewall or policy on UDP, or its reflector refuses them)"
             )
         if kind in ("node_flicker", "node_outage"):
             mean_s = details["node_ping:node_outage:mean_seconds"].get(node)

@@ -282,6 +282,11 @@ def test_every_verdict_in_words(
                     {"metric": {"source_node": "n4", "destination_node": "n5"}, "value": [1, "0.5"]}
                 ),
                 f"{n}verdict__node_slow": per_node("x", {"n1": 20.0}),
+                f"{n}verdict__protocol_loss": per_node("x", {"n1": 0.9}, protocol="udp"),
+                f"{n}verdict__link_loss_direction": vector(
+                    {"metric": {"from_node": "n4", "to_node": "n5"}, "value": [1, "0.5"]}
+                ),
+                f"{n}node_udp_only_sources__ratio": per_node("x", {"n1": 1.0}),
                 f"{n}node_dead_sources__ratio": per_node("x", {"n6": 1.0}),
                 f"{n}node_own_loss__ratio": per_node("x", {"n2": 0.3}),
                 f"{n}node_loss__ratio": per_node("x", {"n2": 0.3}),
@@ -300,7 +305,7 @@ def test_every_verdict_in_words(
         "packet loss % over the rules' loss window (rows: source, columns: destination; from "
         "recording rules)"
     )
-    assert out.splitlines()[-8:] == [
+    assert out.splitlines()[-9:] == [
         "partition: n1, n2 (zone-a) reach their own side and nothing across",
         "n6 is unreachable from 5/5 nodes (its agent reports nothing)",
         "n2 or its link loses packets (30% from 5/5 nodes, and 30% of its own probes lost)",
@@ -310,13 +315,49 @@ def test_every_verdict_in_words(
         "15 s on average",
         "agent on n5 starved: 25% of its probes skipped, loop lag up to 2.0 s; its own "
         "measurements are not evidence of packet loss",
-        "n4 → n5: 50% loss, other paths clean (link)",
+        "n4 → n5: 50% loss, other paths clean (link); lost on the way n4 → n5 (50%)",
+        "UDP lost at n1 while ICMP passes: 90% of STAMP packets from 5/5 nodes (a firewall or "
+        "policy on UDP, or its reflector refuses them)",
         "n1: slow, mean RTT 20.0 ms from 5/5 sources",
     ]
     code, out, _ = run_main(capsys, "--prometheus", server.url, "--output", "json")
     verdicts = json.loads(out)["verdicts"]
     assert [v["kind"] for v in verdicts] == [k for k in KINDS if k != "ambiguous"]
     assert json.loads(out)["thresholds"]["pair_loss_ratio"] == 0.05
+
+
+def test_stamp_places_a_node_loss_or_finds_it_icmp_only(
+    serve: Callable[[Respond], FakePrometheus], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With STAMP data the node loss line names the way, or says only ICMP is lost."""
+    loss = full_mesh(SIX, {("n1", "n2"): 0.3, ("n3", "n4"): 0.2})
+    n = "node_ping__"
+    server = serve(
+        recorded(
+            answer(loss),
+            **{
+                f"{n}verdict__node_loss": per_node("x", {"n2": 1.0, "n4": 1.0, "n6": 1.0}),
+                f"{n}verdict__node_loss_direction": vector(
+                    {"metric": {"node": "n2", "direction": "in"}, "value": [1, "0.3"]},
+                    {"metric": {"node": "n6", "direction": "in"}, "value": [1, "0.1"]},
+                    {"metric": {"node": "n6", "direction": "out"}, "value": [1, "0.2"]},
+                ),
+                f"{n}verdict__protocol_loss": per_node("x", {"n4": 0.2}, protocol="icmp"),
+                f"{n}node_loss__ratio": per_node("x", {"n2": 0.3, "n4": 0.2, "n6": 0.28}),
+                f"{n}node_lossy_sources__ratio": per_node("x", {"n2": 1.0, "n4": 1.0, "n6": 1.0}),
+                f"{n}node_own_loss__ratio": per_node("x", {"n2": 0.3, "n4": 0.2, "n6": 0.28}),
+            },
+        )
+    )
+    code, out, _ = run_main(capsys, "--prometheus", server.url)
+    assert code == 1
+    assert out.splitlines()[-3:] == [
+        "n2 loses 30% of what arrives (echo: 30% from 5/5 nodes, and 30% of its own probes lost)",
+        "n4: ICMP lost while UDP passes (20% from 5/5 nodes, and 20% of its own probes lost): "
+        "a policy or rate limit on ICMP, not its link",
+        "n6 loses 10% of what arrives and 20% of what leaves (echo: 28% from 5/5 nodes, and "
+        "28% of its own probes lost)",
+    ]
 
 
 def test_partition_sides_and_ambiguous_candidates(

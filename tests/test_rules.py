@@ -53,6 +53,12 @@ class Cluster:
     leaves_at: dict[str, int] = field(default_factory=dict)  # node -> minute its pairs end
     job: str = JOB
     extra: list[dict[str, str]] = field(default_factory=list)
+    # STAMP: agents send and reflect it. Loss on one way (from, to) of everything, of
+    # UDP only, of ICMP only; the echo loss of a pair not in `loss` follows from them.
+    stamp: bool = False
+    way_loss: dict[Pair, float] = field(default_factory=dict)
+    udp_way_loss: dict[Pair, float] = field(default_factory=dict)
+    icmp_way_loss: dict[Pair, float] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -70,6 +76,14 @@ class Cluster:
             zone = f',zone="{self.zones[source]}"' if source in self.zones else ""
             info = f'kube_node_ping_node_info{{job="{self.job}",source_node="{source}"{zone}}}'
             out.append({"series": info, "values": f"1x{self.steps}"})
+            if self.stamp:
+                labels = f'job="{self.job}",source_node="{source}",result="reflected"'
+                out.append(
+                    {
+                        "series": f"kube_node_ping_stamp_reflector_packets_total{{{labels}}}",
+                        "values": f"0+{STEP_S * (len(self.nodes) - 1)}x{self.steps}",
+                    }
+                )
             out += self._agent(source)
             for destination in self.nodes:
                 if source != destination:
@@ -100,6 +114,17 @@ class Cluster:
             },
         ]
 
+    def _way(self, ways: dict[Pair, float], pair: Pair) -> float:
+        """The share lost on one way: everything's loss combined with ``ways``'s."""
+        return 1 - (1 - self.way_loss.get(pair, 0.0)) * (1 - ways.get(pair, 0.0))
+
+    def _echo_loss(self, source: str, destination: str) -> float:
+        if (source, destination) in self.loss:
+            return self.loss[(source, destination)]
+        request = self._way(self.icmp_way_loss, (source, destination))
+        reply = self._way(self.icmp_way_loss, (destination, source))
+        return 1 - (1 - request) * (1 - reply)
+
     def _pair(self, source: str, destination: str) -> list[dict[str, str]]:
         labels = (
             f'job="{self.job}",source_node="{source}",destination_node="{destination}",'
@@ -115,8 +140,8 @@ class Cluster:
             for node in (source, destination)
             for minute, seconds in self.blips.get(node, [])
         }
-        columns: list[list[str]] = [[], [], [], [], []]
-        totals = [0.0, 0.0, 0.0, 0.0, 0.0]
+        columns: list[list[str]] = [[] for _ in range(8)]
+        totals = [0.0] * 8
         gone = min(
             [self.leaves_at[n] * 60 // STEP_S for n in (source, destination) if n in self.leaves_at]
             or [self.steps + 1]
@@ -132,7 +157,7 @@ class Cluster:
                 continue
             if step > first:
                 faulty = self._faulty(step)
-                ratio = self.loss.get((source, destination), 0.0) if faulty else 0.0
+                ratio = self._echo_loss(source, destination) if faulty else 0.0
                 delay = self.rtt_ms.get((source, destination), 0.5) if faulty else 0.5
                 replies = STEP_S * (1 - ratio) - blips.get(step, 0)
                 totals[0] += STEP_S
@@ -140,6 +165,11 @@ class Cluster:
                 totals[2] += replies * delay
                 totals[3] += ends.count(step) + (1 if step in blips else 0)
                 totals[4] += blips.get(step, 0)
+                forward = self._way(self.udp_way_loss, (source, destination)) if faulty else 0
+                reverse = self._way(self.udp_way_loss, (destination, source)) if faulty else 0
+                totals[5] += STEP_S
+                totals[6] += STEP_S * (1 - forward)
+                totals[7] += STEP_S * (1 - forward) * (1 - reverse)
             for values, total in zip(columns, totals, strict=True):
                 values.append(f"{total:g}")
         names = (
@@ -148,10 +178,14 @@ class Cluster:
             "rtt_milliseconds",
             "outages",
             "outage_seconds",
+            "stamp_packets_sent",
+            "stamp_packets_reached",
+            "stamp_packets_received",
         )
+        count = len(names) if self.stamp else 5
         return [
             {"series": f"kube_node_ping_{name}_total{{{labels}}}", "values": " ".join(values)}
-            for name, values in zip(names, columns, strict=True)
+            for name, values in zip(names[:count], columns[:count], strict=True)
         ]
 
 
@@ -292,8 +326,8 @@ def test_node_loss_names_no_direction_within_five_minutes(tmp_path: Path) -> Non
         summary="c or its link loses packets",
         description=(
             "100% of the nodes that ping c lose more than the pair threshold (mean loss 30%), "
-            "and c's own probes lose 30%. Echo alone cannot say whether it loses what arrives "
-            "or what leaves: the node, its interface, cable, switch port or a firewall on it."
+            "and c's own probes lose 30%. Direction unknown (too few of its pairs have STAMP "
+            "data): the node, its interface, cable, switch port or a firewall on it."
         ),
         runbook_url="docs/runbooks.md#nodepingnodeloss",
     )
@@ -321,6 +355,172 @@ def test_one_lossy_link_among_many(tmp_path: Path) -> None:
         ("NodePingLinkLoss", {"source_node": "e", "destination_node": "a"}),
     ]
     run_promtool(tmp_path, [case(cluster, [firing(expected, at(FAULT + 5))])])
+
+
+def into(node: str, nodes: list[str], ratio: float) -> dict[Pair, float]:
+    """Everything arriving at ``node`` lost at ``ratio`` (one way per source)."""
+    return {(s, node): ratio for s in nodes if s != node}
+
+
+def out_of(node: str, nodes: list[str], ratio: float) -> dict[Pair, float]:
+    return {(node, d): ratio for d in nodes if d != node}
+
+
+DIRECTION = "round(node_ping:verdict:node_loss_direction, 0.01)"
+
+
+def test_stamp_names_the_direction_of_a_node_fault(tmp_path: Path) -> None:
+    """30 % of what arrives at c lost (one cluster), 20 % of what leaves e (another): echo
+    loses both ways at each; STAMP puts c's loss on the way in and e's on the way out,
+    in the alert."""
+    c_in = Cluster(SIX, stamp=True, way_loss=into("c", SIX, 0.3))
+    e_out = Cluster(SIX, stamp=True, way_loss=out_of("e", SIX, 0.2))
+    alert_c = alert_test(
+        at(FAULT + 6),
+        "NodePingNodeLoss",
+        {"severity": "warning", "node": "c"},
+        summary="c loses 30% of what arrives;",
+        description=(
+            "100% of the nodes that ping c lose more than the pair threshold (mean loss 30%), "
+            "and c's own probes lose 30%. STAMP places the loss on one way: what arrives at "
+            "the node: its interface, cable, switch port or a firewall on it."
+        ),
+        runbook_url="docs/runbooks.md#nodepingnodeloss",
+    )
+    c_checks = [
+        firing([("NodePingNodeLoss", {"node": "c"})], at(FAULT + 5)),
+        expect(DIRECTION, at(25), ('{node="c",direction="in"}', 0.3)),
+        expect("node_ping:verdict:protocol_loss", at(25)),
+    ]
+    e_checks = [
+        firing([("NodePingNodeLoss", {"node": "e"})], at(FAULT + 5)),
+        expect(DIRECTION, at(25), ('{node="e",direction="out"}', 0.2)),
+    ]
+    run_promtool(tmp_path, [case(c_in, c_checks, [alert_c]), case(e_out, e_checks)])
+
+
+def test_stamp_names_both_ways_when_both_lose(tmp_path: Path) -> None:
+    cluster = Cluster(SIX, stamp=True, way_loss={**into("b", SIX, 0.2), **out_of("b", SIX, 0.2)})
+    checks = [
+        firing([("NodePingNodeLoss", {"node": "b"})], at(FAULT + 5)),
+        expect(
+            DIRECTION,
+            at(25),
+            ('{node="b",direction="in"}', 0.2),
+            ('{node="b",direction="out"}', 0.2),
+        ),
+    ]
+    alert = alert_test(
+        at(25),
+        "NodePingNodeLoss",
+        {"severity": "warning", "node": "b"},
+        summary="b loses 20% of what arrives; 20% of what leaves;",
+        description=(
+            "100% of the nodes that ping b lose more than the pair threshold (mean loss 36%), "
+            "and b's own probes lose 36%. STAMP places the loss on both ways: its interface, "
+            "cable, switch port or a firewall on it."
+        ),
+        runbook_url="docs/runbooks.md#nodepingnodeloss",
+    )
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
+def test_stamp_names_the_way_of_a_one_way_link_fault(tmp_path: Path) -> None:
+    """Everything a → e lost at 40 %, e → a clean: both echo pairs lose (request one way,
+    reply the other), both link alerts say it is the way from a to e."""
+    cluster = Cluster(SIX, stamp=True, way_loss={("a", "e"): 0.4})
+    expected = [
+        ("NodePingLinkLoss", {"source_node": "a", "destination_node": "e"}),
+        ("NodePingLinkLoss", {"source_node": "e", "destination_node": "a"}),
+    ]
+    description = (
+        "Echo requests from {} to {} are 40% lost while both nodes reach the rest of the "
+        "cluster: a link, route or network policy between them. STAMP places it on a → e (40%); "
+    )
+    alert = {
+        "eval_time": at(25),
+        "alertname": "NodePingLinkLoss",
+        "exp_alerts": [
+            {
+                "exp_labels": {"severity": "warning", "source_node": s, "destination_node": d},
+                "exp_annotations": {
+                    "summary": f"{s} → {d}: 40% packet loss",
+                    "description": description.format(s, d),
+                    "runbook_url": "docs/runbooks.md#nodepinglinkloss",
+                },
+            }
+            for s, d in (("a", "e"), ("e", "a"))
+        ],
+    }
+    checks = [
+        firing(expected, at(FAULT + 5)),
+        expect(
+            "round(node_ping:verdict:link_loss_direction, 0.01)",
+            at(25),
+            ('{from_node="a",to_node="e"}', 0.4),
+        ),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
+def test_udp_lost_while_icmp_passes_is_a_udp_policy(tmp_path: Path) -> None:
+    """A firewall on d drops UDP both ways; echo is clean: NodePingUDPLoss{d} alone."""
+    udp = {**into("d", SIX, 1.0), **out_of("d", SIX, 1.0)}
+    cluster = Cluster(SIX, stamp=True, udp_way_loss=udp)
+    expected = [("NodePingUDPLoss", {"node": "d", "protocol": "udp"})]
+    alert = alert_test(
+        at(25),
+        "NodePingUDPLoss",
+        {"severity": "warning", "node": "d", "protocol": "udp"},
+        summary="d: 100% of UDP lost while ICMP passes",
+        description=(
+            "Most nodes lose their STAMP test packets (UDP) to or from d (100% on average) "
+            "while their echo requests pass: a firewall, network policy or security group that "
+            "drops UDP on the node (overlay networks such as VXLAN or WireGuard and DNS are UDP "
+            "too), or its reflector refuses them (0/s refused as from unknown sources)."
+        ),
+        runbook_url="docs/runbooks.md#nodepingudploss",
+    )
+    checks = [firing([], at(FAULT)), firing(expected, at(FAULT + 5)), firing(expected, at(25))]
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
+def test_icmp_lost_while_udp_passes_is_an_icmp_policy(tmp_path: Path) -> None:
+    """30 % of the ICMP arriving at f dropped (a rate limit), UDP clean: the node loss
+    alert says only ICMP is lost."""
+    cluster = Cluster(SIX, stamp=True, icmp_way_loss=into("f", SIX, 0.3))
+    checks = [
+        firing([("NodePingNodeLoss", {"node": "f"})], at(FAULT + 5)),
+        expect(
+            "round(node_ping:verdict:protocol_loss, 0.01)",
+            at(25),
+            ('{node="f",protocol="icmp"}', 0.3),
+        ),
+        expect(DIRECTION, at(25)),
+    ]
+    alert = alert_test(
+        at(25),
+        "NodePingNodeLoss",
+        {"severity": "warning", "node": "f"},
+        summary="f or its link loses packets",
+        description=(
+            "100% of the nodes that ping f lose more than the pair threshold (mean loss 30%), "
+            "and f's own probes lose 30%. Only ICMP is lost: UDP (STAMP) to and from it passes, "
+            "so this is a policy or rate limit on ICMP, not its link."
+        ),
+        runbook_url="docs/runbooks.md#nodepingnodeloss",
+    )
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
+def test_clean_cluster_with_stamp_fires_nothing(tmp_path: Path) -> None:
+    cluster = Cluster(SIX, stamp=True)
+    checks = [
+        firing([], at(20)),
+        firing([], at(30)),
+        expect("node_ping:verdict:protocol_loss", at(30)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
 
 
 def test_ten_percent_link_loss_within_five_minutes(tmp_path: Path) -> None:
