@@ -125,14 +125,21 @@ def add_fault_parser(commands: Any) -> None:
             parser.add_argument(arg, metavar=METAVARS.get(arg, arg.upper()))
         return parser
 
-    kind("node-in", "drop PCT %% of every packet arriving at NODE", "node", "percent")
-    kind("node-out", "drop PCT %% of every packet leaving NODE", "node", "percent")
+    node_in = kind("node-in", "drop PCT %% of every packet arriving at NODE", "node", "percent")
+    node_out = kind("node-out", "drop PCT %% of every packet leaving NODE", "node", "percent")
     link = kind("link", "drop PCT %% (default 100) of every packet A -> B and B -> A")
     link.add_argument("node", metavar="A")
     link.add_argument("peer", metavar="B")
     link.add_argument("percent", metavar="PCT", nargs="?", default="100")
     link.add_argument("--one-way", action="store_true", help="only A -> B")
-    kind("isolate", "drop every packet in and out of NODE", "node")
+    isolate = kind("isolate", "drop every packet in and out of NODE", "node")
+    for parser in (node_in, node_out, link, isolate):
+        parser.add_argument(
+            "--protocol",
+            choices=["udp", "icmp"],
+            default="",
+            help="only this protocol's packets (a firewall or policy on one protocol)",
+        )
     kind(
         "partition",
         "cut every path between two groups (comma-separated node and zone names)",
@@ -181,14 +188,24 @@ def parse_fault(args: argparse.Namespace) -> Fault:
     names are checked against the lab when it is applied."""
     kind = args.kind
     if kind in ("node-in", "node-out"):
-        return Fault(kind, args.node, percent=_percent(args.percent, f"{kind} loss"))
+        percent = _percent(args.percent, f"{kind} loss")
+        return Fault(kind, args.node, percent=percent, protocol=args.protocol)
     if kind == "link":
         if args.peer == args.node:
             raise LabError(f"a link needs two different nodes (got {args.node} twice)")
         percent = _percent(args.percent, "link loss")
-        return Fault("link", args.node, peer=args.peer, percent=percent, both_ways=not args.one_way)
-    if kind in ("isolate", "blip"):
+        return Fault(
+            "link",
+            args.node,
+            peer=args.peer,
+            percent=percent,
+            both_ways=not args.one_way,
+            protocol=args.protocol,
+        )
+    if kind == "blip":
         return Fault("isolate", args.node)
+    if kind == "isolate":
+        return Fault("isolate", args.node, protocol=args.protocol)
     if kind == "partition":
         group_a, group_b = _group(args.group_a), _group(args.group_b)
         both = [name for name in group_a if name in group_b]

@@ -11,6 +11,8 @@ lab/network.py), whatever they carry.
 - ``node-out`` PCT % of every frame *leaving* a node (received on its port);
 - ``link``     PCT % of every frame A → B (and B → A unless one way);
 - ``isolate``  everything in and out of a node (``blip``: isolated for a while);
+- any of the four above limited to one protocol (``--protocol udp`` or ``icmp``):
+  what a firewall, network policy or rate limit on that protocol does;
 - ``partition`` every path between two groups of nodes, both ways;
 - ``size``     IP packets over a size, in and out of a node or on one link: an MTU
   black hole (small pings pass, big ones vanish);
@@ -54,6 +56,10 @@ FaultKind = Literal[
     "node-in", "node-out", "link", "isolate", "partition", "size", "latency", "starve"
 ]
 LOSS_KINDS = ("node-in", "node-out", "link")  # the kinds with a loss percentage
+Protocol = Literal["", "udp", "icmp"]
+PROTOCOL_KINDS = (*LOSS_KINDS, "isolate")  # the kinds that can be one protocol only
+# nftables' match per protocol: ICMP is ICMPv4 and ICMPv6 (neighbour discovery too).
+PROTOCOL_MATCH = {"": "", "udp": "meta l4proto udp ", "icmp": "meta l4proto { icmp, ipv6-icmp } "}
 IPV6_HEADER = 40  # ip6 length is the payload's: the packet is 40 bytes more
 
 
@@ -70,6 +76,7 @@ class Fault:
     max_bytes: int = 0  # size: the largest IP packet that passes
     group_a: tuple[str, ...] = ()  # partition (node names once applied)
     group_b: tuple[str, ...] = ()
+    protocol: Protocol = ""  # node-in, node-out, link, isolate: only this protocol
 
     def nodes(self) -> set[str]:
         """Every node the fault touches: `clear NODE` removes it."""
@@ -78,6 +85,8 @@ class Fault:
     def describe(self) -> str:
         """What the fault does, in plain words."""
         packets = "every packet" if self.percent >= 100 else f"{self.percent:g}% of packets"
+        if self.protocol:
+            packets = packets.replace("packet", f"{self.protocol.upper()} packet")
         if self.both_ways:
             path = f"between {self.node} and {self.peer}"
         else:
@@ -89,7 +98,7 @@ class Fault:
         if self.kind == "link":
             return f"{packets} {path} dropped"
         if self.kind == "isolate":
-            return f"{self.node} isolated: every packet in and out dropped"
+            return f"{self.node} isolated: {packets} in and out dropped"
         if self.kind == "partition":
             return (
                 f"partition: no packet between {','.join(self.group_a)} "
@@ -198,9 +207,9 @@ def fault_rules(fault: Fault) -> list[str]:
             rules.append(f"{where} ip length > {fault.max_bytes} drop")
             rules.append(f"{where} ip6 length > {max(fault.max_bytes - IPV6_HEADER, 0)} drop")
         elif fault.kind in LOSS_KINDS:
-            rules.append(f"{where} {_drop(fault.percent)}")
+            rules.append(f"{where} {PROTOCOL_MATCH[fault.protocol]}{_drop(fault.percent)}")
         else:
-            rules.append(f"{where} drop")
+            rules.append(f"{where} {PROTOCOL_MATCH[fault.protocol]}drop")
     return rules
 
 
