@@ -157,6 +157,8 @@ def table(outcomes: list[Outcome]) -> str:
         if o.error:
             said = f"error: {o.error}"
         verdict = "yes" if o.correct else "**no**"
+        if o.unsaid and not o.error:
+            verdict += " (not said: " + ", ".join(f"`{p}`" for p in o.unsaid) + ")"
         lines.append(
             f"| {o.scenario.name} | {o.scenario.culprit} | {fired or 'none'} | {said} | {verdict} |"
         )

@@ -150,5 +150,13 @@ class HubPrometheus:
             raise LabError(f"query failed ({code}): {data.get('error', body[:200])}: {expr[:200]}")
         return list(data["data"]["result"])
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts Prometheus holds now (pending and firing), with their annotations."""
+        status, body = self.network.http_get(f"http://{PROMETHEUS}/api/v1/alerts")
+        data = json.loads(body) if body.startswith("{") else {}
+        if status != 200 or data.get("status") != "success":
+            raise LabError(f"alerts failed ({status}): {body[:200]}")
+        return list(data["data"]["alerts"])
+
     def node_exporter_metrics(self) -> str:
         return self.network.http_get(f"http://{NODE_EXPORTER}/metrics")[1]

@@ -10,6 +10,7 @@ verdicts ``diagnose`` must print, on a 6-node lab in three zones
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,21 @@ class Scenario:
     # Judged on outages: starts only once no pair has had one within the outage
     # window, so that earlier scenarios' outages do not add up with its own.
     clean_history: bool = False
+    # What the words must say (regular expressions, each found in some line): in
+    # diagnose's verdicts, and in the firing alerts' summary and description, e.g.
+    # the direction STAMP places a loss on.
+    says: tuple[str, ...] = ()
+    alert_says: tuple[str, ...] = ()
+
+
+def _placed(node: str, way: str) -> tuple[str, ...]:
+    """diagnose puts the node's loss on one way only (STAMP): "loses X% of what arrives ("."""
+    return (rf"^{node} loses \d+% of what {way} \(echo",)
+
+
+def _alert_placed(node: str, way: str) -> tuple[str, ...]:
+    """The alert's summary names that one way, then its description begins."""
+    return (rf"^{node} loses \d+(\.\d+)?% of what {way}; \d+(\.\d+)?% of the nodes",)
 
 
 def _link(a: str, b: str) -> set[Alert]:
@@ -90,25 +106,31 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "30 % loss into a node",
-        "node-2",
+        "node-2 (in)",
         (Fault("node-in", "node-2", percent=30),),
         frozenset({("NodePingNodeLoss", "node-2")}),
         frozenset({("node_loss", "node-2")}),
+        says=_placed("node-2", "arrives"),
+        alert_says=_alert_placed("node-2", "arrives"),
     ),
     Scenario(
         "30 % loss out of a node",
-        "node-4",
+        "node-4 (out)",
         (Fault("node-out", "node-4", percent=30),),
         frozenset({("NodePingNodeLoss", "node-4")}),
         frozenset({("node_loss", "node-4")}),
+        says=_placed("node-4", "leaves"),
+        alert_says=_alert_placed("node-4", "leaves"),
     ),
     Scenario(
         "10 % loss into a node",
-        "node-3",
+        "node-3 (in)",
         (Fault("node-in", "node-3", percent=10),),
         frozenset({("NodePingNodeLoss", "node-3")}),
         frozenset({("node_loss", "node-3")}),
         ci=False,
+        says=_placed("node-3", "arrives"),
+        alert_says=_alert_placed("node-3", "arrives"),
     ),
     Scenario(
         "link cut one way",
@@ -116,6 +138,33 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("link", "node-1", peer="node-3", both_ways=False),),
         frozenset(_link("node-1", "node-3")),
         frozenset(_link_verdicts("node-1", "node-3")),
+    ),
+    Scenario(
+        "30 % loss on a link, one way",
+        "node-2 → node-5",
+        (Fault("link", "node-2", peer="node-5", percent=30, both_ways=False),),
+        frozenset(_link("node-2", "node-5")),
+        frozenset(_link_verdicts("node-2", "node-5")),
+        says=(r"lost on the way node-2 → node-5 \(\d+%\)$",),
+        alert_says=(r"STAMP places it on node-2 → node-5 \(\d+(\.\d+)?%\); $",),
+    ),
+    Scenario(
+        "UDP dropped at a node (firewall)",
+        "node-3 (UDP only)",
+        (Fault("node-in", "node-3", percent=100, protocol="udp"),),
+        frozenset({("NodePingUDPLoss", "node-3")}),
+        frozenset({("protocol_loss", "node-3")}),
+        says=(r"^UDP lost at node-3 while ICMP passes",),
+    ),
+    Scenario(
+        "30 % of ICMP into a node (rate limit)",
+        "node-6 (ICMP only)",
+        (Fault("node-in", "node-6", percent=30, protocol="icmp"),),
+        frozenset({("NodePingNodeLoss", "node-6")}),
+        frozenset({("node_loss", "node-6")}),
+        ci=False,
+        says=(r"^node-6: ICMP lost while UDP passes",),
+        alert_says=(r"Only ICMP is lost",),
     ),
     Scenario(
         "10 % loss on a link",
@@ -183,6 +232,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Fault("node-in", "node-1", percent=30), Fault("node-out", "node-4", percent=30)),
         frozenset({("NodePingNodeLoss", "node-1"), ("NodePingNodeLoss", "node-4")}),
         frozenset({("node_loss", "node-1"), ("node_loss", "node-4")}),
+        says=(*_placed("node-1", "arrives"), *_placed("node-4", "leaves")),
     ),
     Scenario(
         "lossy switch (20 % into every node)",
@@ -229,7 +279,19 @@ class Outcome:
     fired: dict[Alert, float] = field(default_factory=dict)
     verdicts: set[Verdict] = field(default_factory=set)
     inline: set[Verdict] = field(default_factory=set)  # the same rules, evaluated by diagnose
+    texts: list[str] = field(default_factory=list)  # diagnose's verdict lines
+    alert_texts: list[str] = field(default_factory=list)  # firing alerts: summary description
     error: str = ""
+
+    @property
+    def unsaid(self) -> list[str]:
+        """The scenario's patterns that no verdict line, or no alert, matches."""
+        missing = [p for p in self.scenario.says if not any(re.search(p, t) for t in self.texts)]
+        return missing + [
+            p
+            for p in self.scenario.alert_says
+            if not any(re.search(p, t) for t in self.alert_texts)
+        ]
 
     @property
     def unexpected(self) -> set[Alert]:
@@ -246,6 +308,7 @@ class Outcome:
             and not self.unexpected
             and not self.missed
             and self.verdicts == self.scenario.verdicts
+            and not self.unsaid
         )
 
 
@@ -296,8 +359,15 @@ def run(
             if now >= limit:
                 break
             time.sleep(1)
+        outcome.alert_texts = [
+            f"{a['annotations'].get('summary', '')} {a['annotations'].get('description', '')}"
+            for a in lab.prometheus.alerts()  # type: ignore[attr-defined]
+            if a.get("state") == "firing"
+        ]
         try:
-            outcome.verdicts = judged(verdicts(diagnose(prometheus)), scenario)
+            found = diagnose(prometheus)
+            outcome.verdicts = judged(verdicts(found), scenario)
+            outcome.texts = [v.text for v in found.verdicts]
             if inline is not None:
                 outcome.inline = judged(verdicts(diagnose(prometheus, config=inline)), scenario)
         except DiagnoseError as exc:

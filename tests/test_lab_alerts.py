@@ -117,6 +117,8 @@ def test_the_fault_fires_its_alerts_only(lab: Lab, scenario: Scenario) -> None:
     assert all(seconds <= FIRE_LIMIT for seconds in outcome.fired.values()), outcome.fired
     assert outcome.verdicts == scenario.verdicts
     assert outcome.inline == outcome.verdicts  # one definition: recorded or inline
+    # and the words say what the scenario is about (the way STAMP puts a loss on)
+    assert outcome.unsaid == [], (outcome.texts, outcome.alert_texts)
 
 
 def test_a_threshold_set_through_the_chart_changes_alerts_and_diagnose_alike(lab: Lab) -> None:
