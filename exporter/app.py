@@ -28,7 +28,7 @@ from .discovery.external import ExternalTargets
 from .discovery.file import PeersFileDiscovery
 from .discovery.kubernetes import KubernetesDiscovery
 from .discovery.static import StaticDiscovery
-from .engine import Prober
+from .engine import Prober, SizeProbes
 from .exposition import Exposition
 from .icmp import EchoSocket, open_echo_socket, resolve_mode
 from .metrics import AgentCollector
@@ -86,6 +86,7 @@ class Agent:
             settings.per_peer_histogram,
             on_change=self._peers_changed,
             stamp=bool(settings.stamp_port),
+            large=bool(settings.size_probe_interval),
         )
         self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
         self.reflector: Reflector | None = None
@@ -103,6 +104,11 @@ class Agent:
             settings.payload_size,
             node_name=me,
             stamp=stamp,
+            size_probes=(
+                SizeProbes(settings.size_probe_interval, settings.size_probe_bytes)
+                if settings.size_probe_interval
+                else None
+            ),
         )
         self.collector = AgentCollector(me, self.mode.value, self.table, self.supervisor)
         self.discovery_state = DiscoveryState(plan.discovery.value, me)

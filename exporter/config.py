@@ -300,6 +300,21 @@ class Settings(BaseSettings):
         default=False,
         description="answer STAMP test packets from any address, not only from known nodes",
     )
+    size_probe_interval: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="seconds between path-MTU probes to a node peer (rounded to whole "
+        "probe intervals): echo requests as large as the route allows, never fragmented; "
+        "0 = none",
+    )
+    size_probe_bytes: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="size of the path-MTU probe, whole IP packet; 0 = the MTU of the route "
+        "to each peer (its interface's); set it to test an overlay's or a VPN's MTU",
+    )
     window: int = Field(
         default=30, ge=1, le=10000, description="probes per peer behind rtt min/max/mdev"
     )
@@ -434,6 +449,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "invalid setting 'tls_client_ca_file' (--tls-client-ca-file): "
                 "client certificates need HTTPS (--tls-cert-file and --tls-key-file)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _size_probes(self) -> Settings:
+        smallest = MIN_PAYLOAD_SIZE + 48  # an echo request's headers on IPv6
+        if self.size_probe_bytes and self.size_probe_bytes < smallest:
+            raise ValueError(
+                f"invalid setting 'size_probe_bytes' (--size-probe-bytes): "
+                f"{self.size_probe_bytes} is smaller than an echo request ({smallest} bytes); "
+                "0 = the route's MTU"
+            )
+        if self.size_probe_interval and self.size_probe_interval < self.interval:
+            raise ValueError(
+                f"invalid setting 'size_probe_interval' (--size-probe-interval): "
+                f"{self.size_probe_interval:g} s is shorter than --interval "
+                f"({self.interval:g} s); 0 = no size probes"
             )
         return self
 

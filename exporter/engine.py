@@ -29,11 +29,12 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
-from .icmp import EchoReply, RequestBuilder
+from .icmp import HEADER_BYTES, MAX_PACKET_BYTES, MIN_PAYLOAD_SIZE, EchoReply, RequestBuilder
 from .metric_table import (
     DUPLICATE_REPLIES,
     EVENT_LOOP_LAG,
@@ -102,8 +103,38 @@ class Sender(Protocol):
 
 # How to reach a peer: its family's request builder and its socket's sendto.
 Route = tuple[RequestBuilder, Callable[[bytes, tuple[Any, ...]], int]]
-# (offset in the cycle, peer, route or None without a socket, sockaddr)
-ScheduleEntry = tuple[float, Peer, Route | None, tuple[Any, ...]]
+# What one slot sends: (route or None without a socket, whether it is a size probe) each.
+Sends = tuple[tuple[Route | None, bool], ...]
+# (offset in the cycle, peer, sockaddr, the echo alone, the echo and a size probe or None,
+# the peer's cycle for size probes)
+ScheduleEntry = tuple[float, Peer, tuple[Any, ...], Sends, Sends | None, int]
+# A size probe's route MTU is looked up again this often (a learnt path MTU expires).
+SIZE_REFRESH_SECONDS = 600.0
+
+
+def _route_mtu(address: str, family: int) -> int | None:
+    from .icmp import route_mtu
+
+    return route_mtu(address, family)
+
+
+@dataclass(frozen=True)
+class SizeProbes:
+    """Path-MTU probes: one echo request per node peer every ``interval`` seconds (a
+    whole number of cycles), never fragmented, ``size`` bytes of IP packet, or with 0
+    as large as the route to the peer allows (``route_mtu``, replaceable in tests)."""
+
+    interval: float
+    size: int = 0
+    route_mtu: Callable[[str, int], int | None] = _route_mtu
+
+    def packet_bytes(self, address: str, family: int) -> int | None:
+        """The IP packet size to probe ``address`` with, within what an echo can be."""
+        size = self.size or self.route_mtu(address, family)
+        if not size:
+            return None
+        return min(max(size, HEADER_BYTES[family] + MIN_PAYLOAD_SIZE), MAX_PACKET_BYTES)
+
 
 # States of a sequence slot.
 FREE, PENDING, ANSWERED, EXPIRED = 0, 1, 2, 3
@@ -153,9 +184,11 @@ class Prober:
         node_name: str = "",
         token: bytes | None = None,
         stamp: StampSender | None = None,
+        size_probes: SizeProbes | None = None,
     ) -> None:
         self.table = table
         self.stamp = stamp  # STAMP test packets ride on the echo schedule
+        self.size_probes = size_probes
         self.sockets = sockets
         self.interval = interval  # as configured
         self.cycle_seconds = interval  # in force: longer when the peers need it
@@ -173,11 +206,15 @@ class Prober:
         self._slot_sent_ns = array("q", [0]) * SEQUENCE_SLOTS
         self._slot_deadline = array("d", [0.0]) * SEQUENCE_SLOTS
         self._slot_state = bytearray(SEQUENCE_SLOTS)
+        self._slot_large = bytearray(SEQUENCE_SLOTS)  # 1: a size probe
         self._in_flight: deque[int] = deque()  # sequences, in send order = deadline order
         phase = os.urandom(1)[0] / 256 if phase is None else phase
         self._cycle_start = self.clock.monotonic() - phase * interval
         self._schedule: list[ScheduleEntry] = []
         self._next = 0
+        self._cycles = 0  # cycles begun: a peer's size probe goes every size_every-th
+        self._size_every = 1
+        self._sized_at = -SIZE_REFRESH_SECONDS
         self._schedule_dirty = True
         self._stopping = False
 
@@ -210,6 +247,8 @@ class Prober:
         if self.stamp is not None:
             self.stamp.drain()
             self.stamp.expire(now)
+        if self.size_probes is not None and now - self._sized_at >= SIZE_REFRESH_SECONDS:
+            self._schedule_dirty = True  # look up the route MTUs again
         if self._schedule_dirty:
             self._rebuild_schedule(now)
         next_due = self._send_due(now)
@@ -231,22 +270,41 @@ class Prober:
 
     def _rebuild_schedule(self, now: float) -> None:
         """Peers sorted by their offset in the cycle, each with how to reach it."""
+        token = self._token
         routes: dict[int, Route] = {
-            family: (sock.request_builder(self._token, self._payload_size), sock.sendto)
+            family: (sock.request_builder(token, self._payload_size), sock.sendto)
             for family, sock in self.sockets.items()
         }
+        peers = sorted(self.table.snapshot(), key=lambda p: (p.offset, p.key))
+        self._set_cycle(len(peers))
+        size_probes = self.size_probes
+        if size_probes is not None:
+            self._size_every = max(1, round(size_probes.interval / self.cycle_seconds))
+            self._sized_at = now
+        large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
-        for peer in sorted(self.table.snapshot(), key=lambda p: (p.offset, p.key)):
+        for peer in peers:
             key = peer.key
             sock = self.sockets.get(key.family)
             sockaddr = sock.sockaddr(key.address) if sock else ()
-            schedule.append((peer.offset, peer, routes.get(key.family), sockaddr))
+            echo: Sends = ((routes.get(key.family), False),)
+            with_size: Sends | None = None
+            if size_probes is not None and peer.large is not None and sock is not None:
+                size = size_probes.packet_bytes(key.address, key.family)
+                if size is not None:
+                    payload = (key.family, size - HEADER_BYTES[key.family])
+                    if payload not in large_builders:
+                        large_builders[payload] = sock.request_builder(token, payload[1])
+                    with_size = (*echo, ((large_builders[payload], sock.sendto), True))
+                    peer.large.size = size
+            phase = int(peer.offset * self._size_every)
+            schedule.append((peer.offset, peer, sockaddr, echo, with_size, phase))
         self._schedule = schedule
-        self._set_cycle(len(schedule))
         if self._cycle_start > now:
             # _send_due moved on to the next cycle after this one's last send: find our
             # place in the cycle we are in, or the next round would be skipped.
             self._cycle_start -= self.cycle_seconds
+            self._cycles -= 1
         position = ((now - self._cycle_start) / self.cycle_seconds) % 1.0
         self._next = bisect_left([entry[0] for entry in schedule], position)
         self._schedule_dirty = False
@@ -284,24 +342,31 @@ class Prober:
             count = len(self._schedule)
             self.stats.skipped_probes += count - self._next + (behind - 1) * count
             self._cycle_start += behind * interval
+            self._cycles += behind
             self._next = 0
         schedule = self._schedule
         if not schedule:
             return now + MAX_TICK_SECONDS
         count = len(schedule)
         index, cycle_start, counter = self._next, self._cycle_start, self._counter
+        cycles, size_every = self._cycles, self._size_every
         deadline = now + self.timeout
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
-        slot_deadline, in_flight = self._slot_deadline, self._in_flight
+        slot_deadline, slot_large, in_flight = (
+            self._slot_deadline,
+            self._slot_large,
+            self._in_flight,
+        )
         time_ns = self.clock.time_ns
         stamp_send = self.stamp.send if self.stamp is not None else None
         try:
             while True:
                 if index >= count:
                     cycle_start += interval
+                    cycles += 1
                     index = 0
-                offset, peer, route, sockaddr = schedule[index]
+                offset, peer, sockaddr, echo, with_size, size_phase = schedule[index]
                 due = cycle_start + offset * interval
                 if due > now:
                     return due
@@ -311,32 +376,49 @@ class Prober:
                     continue
                 if stamp_send is not None:
                     stamp_send(peer, now, time_ns())
-                counter += 1
-                if route is None:
-                    self.stats.count_send_error("no_socket")
-                    self._resolve_lost(peer, time_ns())
-                    continue
-                build, sendto = route
-                sequence = counter & 0xFFFF
-                packet = build(sequence, counter)
-                sent_ns = time_ns()
-                try:
-                    sendto(packet, sockaddr)
-                except OSError as exc:
-                    self.stats.count_send_error(errno.errorcode.get(exc.errno or 0, "unknown"))
-                    self._resolve_lost(peer, sent_ns)
-                    continue
-                if slot_state[sequence] == PENDING:
-                    # 65536 probes in flight: the oldest slot is reused before it expired.
-                    self._resolve_lost(slot_peer[sequence], slot_sent_ns[sequence])  # type: ignore[arg-type]
-                slot_counter[sequence] = counter
-                slot_peer[sequence] = peer
-                slot_sent_ns[sequence] = sent_ns
-                slot_deadline[sequence] = deadline
-                slot_state[sequence] = PENDING
-                in_flight.append(sequence)
+                sends = echo
+                if with_size is not None and (cycles + size_phase) % size_every == 0:
+                    sends = with_size
+                for route, large in sends:
+                    counter += 1
+                    if route is None:
+                        self.stats.count_send_error("no_socket")
+                        self._resolve_lost(peer, time_ns(), large)
+                        continue
+                    build, sendto = route
+                    sequence = counter & 0xFFFF
+                    packet = build(sequence, counter)
+                    sent_ns = time_ns()
+                    try:
+                        sendto(packet, sockaddr)
+                    except OSError as exc:
+                        self._send_failed(peer, sent_ns, large, exc)
+                        continue
+                    if slot_state[sequence] == PENDING:
+                        # 65536 probes in flight: the oldest slot is reused before it expired.
+                        old = slot_peer[sequence]
+                        assert old is not None
+                        self._resolve_lost(old, slot_sent_ns[sequence], slot_large[sequence])
+                    slot_counter[sequence] = counter
+                    slot_peer[sequence] = peer
+                    slot_sent_ns[sequence] = sent_ns
+                    slot_deadline[sequence] = deadline
+                    slot_state[sequence] = PENDING
+                    slot_large[sequence] = large
+                    in_flight.append(sequence)
         finally:
             self._next, self._cycle_start, self._counter = index, cycle_start, counter
+            self._cycles = cycles
+
+    def _send_failed(self, peer: Peer, sent_ns: int, large: bool, exc: OSError) -> None:
+        """The kernel refused a probe: lost, or for a size probe bigger than the path
+        MTU the kernel knows (EMSGSIZE), refused — not loss on the wire, no error."""
+        if large and exc.errno == errno.EMSGSIZE and peer.large is not None:
+            peer.large.record_refused()
+            self.stats.probes_resolved += 1
+            return
+        self.stats.count_send_error(errno.errorcode.get(exc.errno or 0, "unknown"))
+        self._resolve_lost(peer, sent_ns, large)
 
     # -- receiving ----------------------------------------------------------
 
@@ -348,7 +430,7 @@ class Prober:
         token, timeout_ns = self._token, self.timeout_ns
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
-        stats = self.stats
+        slot_large, stats = self._slot_large, self.stats
         for source, sequence, reply_token, counter, received_ns in replies:
             peer = slot_peer[sequence]
             if (
@@ -371,12 +453,14 @@ class Prober:
                 # Arrived after its timeout, before the expiry pass got to it.
                 slot_state[sequence] = EXPIRED
                 stats.late_replies += 1
-                self._resolve_lost(peer, sent_ns)
+                self._resolve_lost(peer, sent_ns, slot_large[sequence])
                 continue
             slot_state[sequence] = ANSWERED
-            rtt_ms = max(rtt_ns, 0) / 1e6
-            peer.stats.record_reply(rtt_ms, sent_ns)
             stats.probes_resolved += 1
+            if slot_large[sequence]:
+                peer.large.record_reply()  # type: ignore[union-attr]
+                continue
+            peer.stats.record_reply(max(rtt_ns, 0) / 1e6, sent_ns)
 
     # -- timeouts -----------------------------------------------------------
 
@@ -389,8 +473,11 @@ class Prober:
             if state[sequence] == PENDING:
                 state[sequence] = EXPIRED
                 peer = self._slot_peer[sequence]
-                self._resolve_lost(peer, self._slot_sent_ns[sequence])  # type: ignore[arg-type]
+                self._resolve_lost(peer, self._slot_sent_ns[sequence], self._slot_large[sequence])  # type: ignore[arg-type]
 
-    def _resolve_lost(self, peer: Peer, sent_ns: int) -> None:
-        peer.stats.record_loss(sent_ns)
+    def _resolve_lost(self, peer: Peer, sent_ns: int, large: int = 0) -> None:
+        if large and peer.large is not None:
+            peer.large.record_loss()
+        else:
+            peer.stats.record_loss(sent_ns)
         self.stats.probes_resolved += 1

@@ -20,6 +20,7 @@ from .metric_table import (
     EXTERNAL_LABELS,
     EXTERNAL_PEER_FAMILIES,
     NODE_LABELS,
+    NODE_LARGE_FAMILIES,
     NODE_PEER_FAMILIES,
     NODE_STAMP_FAMILIES,
     Family,
@@ -68,6 +69,8 @@ class PeerRenderer:
             out.extend(_block(families, rows, openmetrics))
         stamp_rows = [(fresh[p.key], p.stamp.counters()) for p in peers if p.stamp is not None]
         out.extend(_block(NODE_STAMP_FAMILIES, stamp_rows, openmetrics))
+        large_rows = [(fresh[p.key], _large_values(p)) for p in peers if p.large is not None]
+        out.extend(_block(NODE_LARGE_FAMILIES, large_rows, openmetrics))
         self._labels = fresh
         return "".join(out)
 
@@ -82,6 +85,13 @@ def _echo_values(peer: Peer) -> tuple[float | None, ...]:
     summary = peer.stats.window_summary() or (None, None, None)
     outages, seconds = peer.stats.outage_totals()
     return (sent, received, total, squares, *summary, outages, seconds)
+
+
+def _large_values(peer: Peer) -> tuple[float | None, ...]:
+    """The size probes' counters, and their size once scheduled (absent before)."""
+    assert peer.large is not None
+    sent, received, refused, size = peer.large.counters()
+    return (sent, received, refused, size or None)
 
 
 def _block(families: tuple[Family, ...], rows: Sequence[Row], openmetrics: bool) -> list[str]:

@@ -13,7 +13,11 @@ and only here:
   raw ICMP socket on a host sees every reply (icmplib matches id+sequence only,
   and its id is the PID — 1 in every container);
 * kernel-side echo-reply-only filters on raw sockets (ICMP_FILTER, ICMP6_FILTER)
-  and a checksum computed in C rather than a Python loop.
+  and a checksum computed in C rather than a Python loop;
+* never fragmenting (DF on IPv4, IPV6_DONTFRAG): a path-MTU probe as large as
+  the route allows must cross the path whole or be lost, and one larger than the
+  kernel knows the path takes fails at once with EMSGSIZE (small probes are
+  never near the limit, so this changes nothing for them).
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 ICMPV6_ECHO_REPLY = 129
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# Linux socket options Python 3.11 does not name.
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+IPV6_MTU, IPV6_DONTFRAG = 24, 62
+# IP and ICMP header bytes in front of an echo payload, per family.
+HEADER_BYTES = {4: 20 + 8, 6: 40 + 8}
+MAX_PACKET_BYTES = 65535  # IPv4 total length; IPv6 payload length plus its header
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 # Our payload starts with: 8-byte process token, 8-byte probe counter.
@@ -111,6 +121,10 @@ class _EchoMixin:
         # Capped by net.core.rmem_max; the default size still works.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        if self._IP_VERSION == 6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         # Raw sockets pick an id nobody else on the host is likely to use;
         # datagram sockets get theirs from the kernel, which also filters on it.
         self.ident = random.getrandbits(16) if self._privileged else 0
@@ -211,6 +225,20 @@ def open_echo_socket(family: int, raw: bool) -> EchoSocket:
     sock = _CLASSES[family](privileged=raw)
     sock._prepare()
     return sock
+
+
+def route_mtu(address: str, family: int) -> int | None:
+    """The MTU of the route to ``address`` now (the interface's, or the route's own
+    `mtu`, or a smaller path MTU the kernel has learnt): the largest packet this node
+    would send there whole. None when there is no route. Sends nothing."""
+    kind = socket.AF_INET6 if family == 6 else socket.AF_INET
+    level, option = (socket.IPPROTO_IPV6, IPV6_MTU) if family == 6 else (socket.IPPROTO_IP, IP_MTU)
+    try:
+        with socket.socket(kind, socket.SOCK_DGRAM) as sock:
+            sock.connect((address, 9))
+            return int(sock.getsockopt(level, option))
+    except OSError:
+        return None
 
 
 def resolve_mode(requested: IcmpMode) -> IcmpMode:

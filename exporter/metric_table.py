@@ -125,6 +125,36 @@ NODE_STAMP_FAMILIES = (
     ),
 )
 
+# Path-MTU probes: one large echo request per pair every --size-probe-interval, never
+# fragmented. Rendered by exposition.PeerRenderer from (sent, received, refused, bytes).
+NODE_LARGE_FAMILIES = (
+    Family(
+        "kube_node_ping_large_packets_sent_total",
+        "counter",
+        "Path-MTU probes resolved (answered, timed out or refused by this node's kernel).",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_large_packets_received_total",
+        "counter",
+        "Path-MTU probes answered within the timeout.",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_large_packets_refused_total",
+        "counter",
+        "Path-MTU probes this node's kernel refused to send (EMSGSIZE: it knows the path "
+        "MTU is smaller); not loss on the wire.",
+        NODE_LABELS,
+    ),
+    Family(
+        "kube_node_ping_large_packet_bytes",
+        "gauge",
+        "Size of the path-MTU probe, whole IP packet, bytes.",
+        NODE_LABELS,
+    ),
+)
+
 # -- the peer table -------------------------------------------------------------------------
 
 PEER_RTT = Family(
@@ -294,6 +324,7 @@ FAMILIES: tuple[Family, ...] = (
     *NODE_PEER_FAMILIES,
     *EXTERNAL_PEER_FAMILIES,
     *NODE_STAMP_FAMILIES,
+    *NODE_LARGE_FAMILIES,
     PEER_RTT,
     NODE_RTT,
     EXTERNAL_RTT,

@@ -19,7 +19,7 @@ from enum import StrEnum
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from .metric_table import EXTERNAL_RTT, NODE_RTT, PEER_RTT, PEERS
-from .stats import Histogram, PeerStats, StampStats
+from .stats import Histogram, LargeStats, PeerStats, StampStats
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class Peer:
     offset: float = field(default=0.0)
     # The STAMP session towards the node's reflector (nodes only, when STAMP is on).
     stamp: StampStats | None = None
+    # The path-MTU probes (nodes only, when size probes are on).
+    large: LargeStats | None = None
 
 
 def stable_fraction(*parts: str) -> float:
@@ -80,9 +82,11 @@ class PeerTable:
         per_peer_histogram: bool,
         on_change: Callable[[], None] | None = None,
         stamp: bool = False,
+        large: bool = False,
     ) -> None:
         self._window = window
         self._stamp = stamp  # node peers get a STAMP session
+        self._large = large  # node peers get path-MTU probes
         self._per_peer_histogram = per_peer_histogram
         self._peers: dict[PeerKey, Peer] = {}
         # RTT histogram over all peers of a kind (kube_node_ping_rtt_seconds, ...).
@@ -117,6 +121,7 @@ class PeerTable:
                 stats=PeerStats(self._window, self.histograms[key.kind], self._per_peer_histogram),
                 offset=stable_fraction(key.kind.value, key.name, key.address),
                 stamp=StampStats() if self._stamp and key.kind is PeerKind.NODE else None,
+                large=LargeStats() if self._large and key.kind is PeerKind.NODE else None,
             )
         self._peers = peers
         log.info(

@@ -51,7 +51,7 @@ SessionKey = tuple[str, int, int]  # sender address, port, SSID
 
 
 def open_reflector_socket(family: int, port: int) -> socket.socket:
-    return open_udp_socket(family, port, receive_ttl=True)
+    return open_udp_socket(family, port, reflector=True)
 
 
 class Reflector:
@@ -109,7 +109,7 @@ class Reflector:
         ancdata: list[tuple[int, int, bytes]],
         address: tuple[Any, ...],
     ) -> None:
-        received_ns, ttl = received_at(ancdata)
+        received = received_at(ancdata)
         source = address[0]
         if self.allowed is not None and not self.allowed(source):
             self.counts["unknown_source"] += 1
@@ -119,10 +119,12 @@ class Reflector:
             self.counts["malformed"] += 1
             return
         sequence = self._next_sequence((source, address[1], packet.ssid))
-        receive_stamp = ntp_timestamp(received_ns)
-        reply = pack_reflector(sequence, ntp_timestamp(self.time_ns()), receive_stamp, packet, ttl)
-        try:
-            sock.sendto(reply, address)
+        receive_stamp = ntp_timestamp(received.stamp_ns)
+        reply = pack_reflector(
+            sequence, ntp_timestamp(self.time_ns()), receive_stamp, packet, received.ttl
+        )
+        try:  # from the address the packet was sent to
+            sock.sendmsg([reply], received.reply_from, 0, address)
         except OSError as exc:
             self.counts["send_error"] += 1
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EPERM, errno.ENETUNREACH):

@@ -1,6 +1,9 @@
 """STAMP (RFC 8762 §4.2 and §4.3, unauthenticated mode, with RFC 8972's Session-Sender
 Identifier and TLV flags): the test packets byte for byte, and the UDP sockets both
-ends use (kernel receive stamps; the received TTL for the reflector).
+ends use (kernel receive stamps; for the reflector the received TTL and the address a
+packet was sent to, so that the reply leaves from that address: on a node with
+several addresses the route back would otherwise pick another, and the sender
+would not recognise the reply).
 
 Both packets are 44 octets without TLVs, the same size each way, so that a loss
 difference between the directions is never a size difference. Timestamps are
@@ -148,19 +151,28 @@ IP_RECVTTL = 12
 IP_TTL = 2  # the control message's type
 IPV6_RECVHOPLIMIT = 51
 IPV6_HOPLIMIT = 52
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
+IN_PKTINFO = struct.Struct("@i4s4s")  # ifindex, spec_dst, addr
+IN6_PKTINFO = struct.Struct("@16si")  # addr, ifindex
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@qq")
 _INT = struct.Struct("@i")
 _TTL_MESSAGES = ((socket.IPPROTO_IP, IP_TTL), (socket.IPPROTO_IPV6, IPV6_HOPLIMIT))
-# Room for a receive stamp and a TTL in recvmsg's ancillary data.
-ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(_INT.size)
+# Room for a receive stamp, a TTL and the packet's destination in recvmsg's ancillary data.
+ANCILLARY_SPACE = (
+    socket.CMSG_SPACE(TIMESPEC.size)
+    + socket.CMSG_SPACE(_INT.size)
+    + socket.CMSG_SPACE(IN6_PKTINFO.size)
+)
 MAX_PACKET = 2048
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 
-def open_udp_socket(family: int, port: int, receive_ttl: bool = False) -> socket.socket:
+def open_udp_socket(family: int, port: int, reflector: bool = False) -> socket.socket:
     """A non-blocking UDP socket on ``port`` (0: any) of every address of ``family``
-    (IPv6 only for 6), with kernel receive stamps and, if asked, the received TTL."""
+    (IPv6 only for 6), with kernel receive stamps and, for a reflector, the received
+    TTL and each packet's destination address."""
     if family == 6:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         address: tuple[Any, ...] = ("::", port)
@@ -170,11 +182,13 @@ def open_udp_socket(family: int, port: int, receive_ttl: bool = False) -> socket
     try:
         if family == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if receive_ttl:
+        if reflector:
             if family == 6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         with contextlib.suppress(OSError):  # capped by net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
@@ -186,14 +200,28 @@ def open_udp_socket(family: int, port: int, receive_ttl: bool = False) -> socket
     return sock
 
 
-def received_at(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]:
-    """(kernel receive stamp in CLOCK_REALTIME ns, or now without one; received TTL or
-    hop limit, 255 when the kernel did not say) from recvmsg's ancillary data."""
+class Received(NamedTuple):
+    """What the kernel said about a received packet."""
+
+    stamp_ns: int  # receive stamp, CLOCK_REALTIME ns (now, when it gave none)
+    ttl: int  # received TTL or hop limit (255 when it did not say)
+    reply_from: list[tuple[int, int, bytes]]  # ancillary data: send the reply from there
+
+
+def received_at(ancdata: list[tuple[int, int, bytes]]) -> Received:
+    """recvmsg's ancillary data, read."""
     stamp, ttl = 0, 255
+    reply_from: list[tuple[int, int, bytes]] = []
     for level, kind, value in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
             seconds, ns = TIMESPEC.unpack_from(value)
             stamp = seconds * 1_000_000_000 + ns
         elif (level, kind) in _TTL_MESSAGES:
             ttl = _INT.unpack_from(value)[0]
-    return stamp or time.time_ns(), ttl
+        elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            _index, _spec, destination = IN_PKTINFO.unpack_from(value)
+            reply_from = [(level, IP_PKTINFO, IN_PKTINFO.pack(0, destination, bytes(4)))]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+            destination, _index = IN6_PKTINFO.unpack_from(value)
+            reply_from = [(level, IPV6_PKTINFO, IN6_PKTINFO.pack(destination, 0))]
+    return Received(stamp or time.time_ns(), ttl, reply_from)

@@ -146,7 +146,7 @@ class StampSender:
                 continue  # late (already expired), duplicate, or not ours
             del pending[(address[0], reply.sender_sequence)]
             peer, sent_ns = entry[0], entry[1]
-            round_trip_ns = received_at(ancdata)[0] - sent_ns
+            round_trip_ns = received_at(ancdata).stamp_ns - sent_ns
             if round_trip_ns > timeout_ns:  # after its deadline, before expire() ran
                 _resolve_lost(peer)
                 continue

@@ -235,3 +235,36 @@ class StampStats:
         reached = self.reached
         sent = self.sent
         return sent, max(received, min(reached, sent)), received, rtt_sum
+
+
+class LargeStats:
+    """One peer's path-MTU probes: echo requests as large as the route to the peer
+    allows (``size``, whole IP packet), never fragmented. ``refused`` are the ones
+    this node's kernel would not send (EMSGSIZE: it already knows the path is
+    narrower); they are counted in ``sent`` and never as received, but they are not
+    loss on the wire: lost = sent - received - refused."""
+
+    __slots__ = ("received", "refused", "sent", "size")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.refused = 0
+        self.size = 0  # bytes of the IP packet probed now; 0 until scheduled
+
+    def record_reply(self) -> None:
+        self.sent += 1
+        self.received += 1
+
+    def record_loss(self) -> None:
+        self.sent += 1
+
+    def record_refused(self) -> None:
+        self.sent += 1
+        self.refused += 1
+
+    def counters(self) -> tuple[int, int, int, int]:
+        """(sent, received, refused, size), read so that received + refused ≤ sent."""
+        received = self.received
+        refused = self.refused
+        return self.sent, received, refused, self.size

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from exporter.engine import Prober
+from exporter.engine import Prober, Sends
 from exporter.icmp import IcmpMode, IcmpUnavailable, open_echo_socket, resolve_mode
 from exporter.peers import PeerKey, PeerKind, PeerTable
 
@@ -42,7 +42,8 @@ def make_prober(interval: float, phase: float) -> tuple[Prober, list[tuple[float
 
     def spying_rebuild(now: float) -> None:
         rebuild(now)
-        for index, (offset, peer, route, sockaddr) in enumerate(prober._schedule):
+        for index, (offset, peer, sockaddr, echo, _, phase) in enumerate(prober._schedule):
+            ((route, _large),) = echo
             assert route is not None
             build, sendto = route
 
@@ -50,7 +51,8 @@ def make_prober(interval: float, phase: float) -> tuple[Prober, list[tuple[float
                 sends.append((time.monotonic(), str(address[0])))
                 return _send(packet, address)
 
-            prober._schedule[index] = (offset, peer, (build, spy), sockaddr)
+            spied: Sends = (((build, spy), False),)
+            prober._schedule[index] = (offset, peer, sockaddr, spied, None, phase)
 
     prober._rebuild_schedule = spying_rebuild  # type: ignore[method-assign]
     return prober, sends

@@ -40,7 +40,7 @@ def peers_json(**nodes: str) -> bytes:
 def scheduled(prober: Prober) -> set[str]:
     """The nodes the prober will send to: its schedule, not just the table."""
     prober.tick(prober.clock.monotonic())
-    return {peer.key.name for _, peer, _, _ in prober._schedule}
+    return {entry[1].key.name for entry in prober._schedule}
 
 
 @pytest.mark.parametrize("problem", list(BAD_FILES))

@@ -238,6 +238,27 @@ def test_the_reflector_numbers_each_session_from_zero(reflector: tuple[Running, 
     assert running.reflector.counts["reflected"] == 7
 
 
+def test_the_reflector_answers_from_the_address_it_was_sent_to() -> None:
+    """A node with several addresses: a packet sent to 127.0.0.3 is answered from
+    127.0.0.3, not from the address the route back would pick (127.0.0.1), or the
+    sender would not recognise the reply. IPv6 the same way (::1 only here)."""
+    for family, target, kind in ((4, "127.0.0.3", socket.AF_INET), (6, "::1", socket.AF_INET6)):
+        sock = open_reflector_socket(family, 0)
+        port = sock.getsockname()[1]
+        running = Running(Reflector({family: sock}, "me"))
+        try:
+            with socket.socket(kind, socket.SOCK_DGRAM) as sender:
+                sender.sendto(pack_sender(0, 1, 9), (target, port))
+                running.pump()
+                sender.settimeout(2)
+                data, source = sender.recvfrom(2048)
+        finally:
+            running.close()
+        assert source[0] == target and source[1] == port
+        reply = unpack_reflector(data)
+        assert reply is not None and reply.ssid == 9
+
+
 def test_the_reflector_answers_only_known_nodes_and_counts_the_rest(
     reflector: tuple[Running, int],
 ) -> None:
