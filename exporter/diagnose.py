@@ -296,6 +296,9 @@ KINDS = (
     "agent_starved",
     "link_loss",
     "protocol_loss",
+    "node_size_loss",
+    "link_size_loss",
+    "size_refused",
     "node_slow",
 )
 # Verdicts that qualify others (the direction STAMP places a loss on), not printed alone.
@@ -314,6 +317,8 @@ DETAILS = (
     "node_ping:node_agent_lag:seconds",
     "node_ping:node_loss_suspect:ratio",
     "node_ping:node_udp_only_sources:ratio",
+    "node_ping:node_size_only_sources:ratio",
+    "node_ping:node_large:bytes",
 )
 RULES_LOSS_WINDOW, RULES_OUTAGE_WINDOW = "the rules' loss window", "the rules' outage window"
 _RECORDED = re.compile(r"(?<![\w:])node_ping:[a-z_]+:[a-z0-9_]+(?![\w:])")
@@ -424,6 +429,8 @@ def diagnose(
             else {}
         )
         words = Wording(loss, details, used, outage_window, latest, found)
+        if found["link_size_loss"]:
+            words.sizes = prometheus.by_pair(expr("node_ping:pair_large:bytes"))
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 
@@ -465,6 +472,7 @@ class Wording:
             (labels.get("from_node", "?"), labels.get("to_node", "?")): value
             for labels, value in found.get("link_loss_direction", [])
         }
+        self.sizes: dict[Pair, float] = {}  # path-MTU probe sizes, when a link loses them
         self.icmp_only = {
             labels.get("node", "?")
             for labels, _ in found.get("protocol_loss", [])
@@ -518,6 +526,19 @@ class Wording:
                     )
                 )
             return out
+        if kind == "link_size_loss":
+            out = []
+            for labels, ratio in sorted(samples, key=lambda s: sorted(s[0].items())):
+                ends = (labels.get("source_node", "?"), labels.get("destination_node", "?"))
+                size = self.sizes.get(ends)
+                of = f" {size:.0f}-byte" if size else ""
+                path = f"{ends[0]} → {ends[1]}"
+                text = (
+                    f"large packets lost on {path} while small ones pass: "
+                    f"{ratio:.0%} of its{of} path-MTU probes (a smaller MTU on that path)"
+                )
+                out.append(Verdict(kind, path, text))
+            return out
         if kind == "protocol_loss":  # UDP only: ICMP-only loss qualifies node_loss instead
             samples = [(labels, v) for labels, v in samples if labels.get("protocol") == "udp"]
         out = []
@@ -551,6 +572,19 @@ class Wording:
                 )
                 return f"{node} loses {placed} (echo: {figures})"
             return f"{node} or its link loses packets ({figures})"
+        if kind == "node_size_loss":
+            seen = self.of(node, "node_ping:node_size_only_sources:ratio")
+            size = details["node_ping:node_large:bytes"].get(node)
+            of = f" {size:.0f}-byte" if size else ""
+            return (
+                f"large packets lost at {node} while small ones pass: {value:.0%} of the{of} "
+                f"path-MTU probes from {seen} nodes (an MTU black hole on its path)"
+            )
+        if kind == "size_refused":
+            return (
+                f"{node}'s kernel refuses {value:.0%} of its path-MTU probes: it knows a smaller "
+                "path MTU (a route's mtu or a learnt one); nothing reached the wire, not loss"
+            )
         if kind == "protocol_loss":
             seen = self.of(node, "node_ping:node_udp_only_sources:ratio")
             return (

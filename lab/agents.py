@@ -98,6 +98,8 @@ class Agents:
         args = [
             sys.executable, "-m", "exporter", "--node-name", node, *discovery,
             "--interval", str(config.interval), "--timeout", str(config.timeout),
+            # path-MTU probes every 10 probe intervals, as the agent's defaults (1 s, 10 s)
+            "--size-probe-interval", f"{config.interval * 10:g}",
             "--icmp-mode", "unprivileged", "--listen-address", listen_address(config, node),
             "--output", config.output, "--textfile-dir", str(self.workdir.textfile_dir),
             "--textfile-interval", "1", "--log-format", "json",

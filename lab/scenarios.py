@@ -194,9 +194,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         "MTU black hole (1000 bytes)",
         "node-2 (large packets only)",
         (Fault("size", "node-2", max_bytes=1000),),
-        frozenset(),  # echo with 56-byte payloads passes: the size probes of issue 12 will see it
-        frozenset(),
-        watch=(360, 60),
+        frozenset({("NodePingPathMTU", "node-2")}),
+        frozenset({("node_size_loss", "node-2")}),
+        says=(r"^large packets lost at node-2 while small ones pass: \d+% of the 1500-byte",),
+        alert_says=(r"path MTU below 1500 bytes\?",),
+    ),
+    Scenario(
+        "MTU black hole on one link (1200 bytes)",
+        "node-1 ↔ node-6 (large packets only)",
+        (Fault("size", "node-1", peer="node-6", max_bytes=1200),),
+        frozenset(
+            {("NodePingLinkPathMTU", "node-1 → node-6"), ("NodePingLinkPathMTU", "node-6 → node-1")}
+        ),
+        frozenset({("link_size_loss", "node-1 → node-6"), ("link_size_loss", "node-6 → node-1")}),
         ci=False,
     ),
     Scenario(

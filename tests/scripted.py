@@ -21,7 +21,7 @@ from exporter.icmp import EchoReply, RequestBuilder
 from exporter.stamp import ntp_timestamp, pack_reflector, unpack_sender
 
 EPOCH_NS = 1_800_000_000 * 10**9  # CLOCK_REALTIME at monotonic 0
-_PACKET = struct.Struct("!H8sQ")
+_PACKET = struct.Struct("!IH8sQ")  # payload size, sequence, token, counter
 
 # (address, send time in s) -> RTT in seconds, or None for a lost probe
 Responder = Callable[[str, float], float | None]
@@ -48,11 +48,20 @@ class ScriptedSocket:
     """Records every send; answers after the RTT its responder gives (or never)."""
 
     def __init__(
-        self, clock: ScriptedClock, respond: Responder, unreachable: frozenset[str] = frozenset()
+        self,
+        clock: ScriptedClock,
+        respond: Responder,
+        unreachable: frozenset[str] = frozenset(),
+        black_holes: dict[str, int] | None = None,
+        refused: dict[str, int] | None = None,
     ) -> None:
         self.clock = clock
         self.respond = respond
         self.unreachable = unreachable  # sendto fails with ENETUNREACH, as without a route
+        # address -> largest IPv4 packet that crosses the path (bigger ones are lost),
+        # or that the kernel sends there at all (bigger ones fail with EMSGSIZE)
+        self.black_holes = black_holes or {}
+        self.refused = refused or {}
         self.sent: list[tuple[float, str, int]] = []  # (time, address, probe counter)
         self._arrivals: list[tuple[int, int, EchoReply]] = []  # heap of (ns, order, reply)
 
@@ -60,19 +69,24 @@ class ScriptedSocket:
         return (address, 0)
 
     def request_builder(self, token: bytes, payload_size: int) -> RequestBuilder:
-        return lambda sequence, counter: _PACKET.pack(sequence, token, counter)
+        return lambda sequence, counter: _PACKET.pack(payload_size, sequence, token, counter)
 
     @property
     def sendto(self) -> Callable[[bytes, tuple[Any, ...]], int]:
         return self._sendto
 
     def _sendto(self, packet: bytes, sockaddr: tuple[Any, ...]) -> int:
-        sequence, token, counter = _PACKET.unpack(packet)
+        payload, sequence, token, counter = _PACKET.unpack(packet)
         address, now = sockaddr[0], self.clock.now
         if address in self.unreachable:
             raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        size = payload + 28
+        if size > self.refused.get(address, size):
+            raise OSError(errno.EMSGSIZE, "Message too long")
         self.sent.append((now, address, counter))
         rtt = self.respond(address, now)
+        if size > self.black_holes.get(address, size):
+            rtt = None
         if rtt is not None:
             arrival = self.clock.time_ns() + round(rtt * 1e9)
             reply = (address, sequence, token, counter, arrival)

@@ -287,6 +287,14 @@ def test_every_verdict_in_words(
                     {"metric": {"from_node": "n4", "to_node": "n5"}, "value": [1, "0.5"]}
                 ),
                 f"{n}node_udp_only_sources__ratio": per_node("x", {"n1": 1.0}),
+                f"{n}verdict__node_size_loss": per_node("x", {"n3": 1.0}),
+                f"{n}node_size_only_sources__ratio": per_node("x", {"n3": 1.0}),
+                f"{n}node_large__bytes": per_node("x", {"n3": 1500}),
+                f"{n}verdict__link_size_loss": vector(
+                    {"metric": {"source_node": "n5", "destination_node": "n6"}, "value": [1, "1"]}
+                ),
+                f"{n}pair_large__bytes": answer({("n5", "n6"): 1400.0}),
+                f"{n}verdict__size_refused": per_node("x", {"n4": 1.0}),
                 f"{n}node_dead_sources__ratio": per_node("x", {"n6": 1.0}),
                 f"{n}node_own_loss__ratio": per_node("x", {"n2": 0.3}),
                 f"{n}node_loss__ratio": per_node("x", {"n2": 0.3}),
@@ -305,7 +313,7 @@ def test_every_verdict_in_words(
         "packet loss % over the rules' loss window (rows: source, columns: destination; from "
         "recording rules)"
     )
-    assert out.splitlines()[-9:] == [
+    assert out.splitlines()[-12:] == [
         "partition: n1, n2 (zone-a) reach their own side and nothing across",
         "n6 is unreachable from 5/5 nodes (its agent reports nothing)",
         "n2 or its link loses packets (30% from 5/5 nodes, and 30% of its own probes lost)",
@@ -318,6 +326,12 @@ def test_every_verdict_in_words(
         "n4 → n5: 50% loss, other paths clean (link); lost on the way n4 → n5 (50%)",
         "UDP lost at n1 while ICMP passes: 90% of STAMP packets from 5/5 nodes (a firewall or "
         "policy on UDP, or its reflector refuses them)",
+        "large packets lost at n3 while small ones pass: 100% of the 1500-byte path-MTU probes "
+        "from 5/5 nodes (an MTU black hole on its path)",
+        "large packets lost on n5 → n6 while small ones pass: 100% of its 1400-byte path-MTU "
+        "probes (a smaller MTU on that path)",
+        "n4's kernel refuses 100% of its path-MTU probes: it knows a smaller path MTU (a route's "
+        "mtu or a learnt one); nothing reached the wire, not loss",
         "n1: slow, mean RTT 20.0 ms from 5/5 sources",
     ]
     code, out, _ = run_main(capsys, "--prometheus", server.url, "--output", "json")

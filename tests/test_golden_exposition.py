@@ -23,7 +23,7 @@ from exporter.config import ExternalTarget
 from exporter.discovery import DiscoveryState, NodeSink, external
 from exporter.discovery.external import ExternalTargets
 from exporter.discovery.static import StaticDiscovery
-from exporter.engine import Prober
+from exporter.engine import Prober, SizeProbes
 from exporter.exposition import Exposition
 from exporter.metrics import AgentCollector
 from exporter.peers import NodeAddress, PeerTable
@@ -80,10 +80,18 @@ def forward(address: str, at: float) -> bool:
 
 def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition:
     clock = ScriptedClock()
-    sock = ScriptedSocket(clock, respond, unreachable=frozenset({f"{V4}.7"}))
+    # Path MTU: n2's IPv4 path drops packets over 1400 bytes, the kernel will not send
+    # more than 1280 to n5; the size probes are 1500 bytes, every 0.5 s.
+    sock = ScriptedSocket(
+        clock,
+        respond,
+        unreachable=frozenset({f"{V4}.7"}),
+        black_holes={f"{V4}.3": 1400},
+        refused={f"{V4}.6": 1280},
+    )
     stamp_sock = ScriptedStampSocket(clock, forward, respond, frozenset({f"{V4}.7"}))
     stamp = StampSender({4: stamp_sock, 6: stamp_sock}, 8762, 0.05, "node-0", ssid=7)
-    table = PeerTable(window=5, per_peer_histogram=per_peer_histogram, stamp=True)
+    table = PeerTable(window=5, per_peer_histogram=per_peer_histogram, stamp=True, large=True)
     prober = Prober(
         table,
         {4: sock, 6: sock},
@@ -95,6 +103,7 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
         node_name="node-0",
         token=b"golden!!",
         stamp=stamp,
+        size_probes=SizeProbes(0.5, route_mtu=lambda address, family: 1500),
     )
     table._on_change = prober.peers_changed
     sink = NodeSink(table, "node-0", ping_self=False, max_peers=0)

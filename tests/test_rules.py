@@ -59,6 +59,12 @@ class Cluster:
     way_loss: dict[Pair, float] = field(default_factory=dict)
     udp_way_loss: dict[Pair, float] = field(default_factory=dict)
     icmp_way_loss: dict[Pair, float] = field(default_factory=dict)
+    # Path-MTU probes (one per pair every 10 s, `large_bytes` each): lost one way on
+    # top of everything's loss, or refused by the source's kernel (share).
+    size: bool = False
+    large_way_loss: dict[Pair, float] = field(default_factory=dict)
+    large_refused: dict[Pair, float] = field(default_factory=dict)
+    large_bytes: int = 1500
 
     @property
     def steps(self) -> int:
@@ -182,11 +188,53 @@ class Cluster:
             "stamp_packets_reached",
             "stamp_packets_received",
         )
-        count = len(names) if self.stamp else 5
-        return [
-            {"series": f"kube_node_ping_{name}_total{{{labels}}}", "values": " ".join(values)}
-            for name, values in zip(names[:count], columns[:count], strict=True)
+        chosen = [*range(5), *([5, 6, 7] if self.stamp else [])]
+        out = [
+            {
+                "series": f"kube_node_ping_{names[i]}_total{{{labels}}}",
+                "values": " ".join(columns[i]),
+            }
+            for i in chosen
         ]
+        if self.size:
+            out += self._large(source, destination, labels, first, gone)
+        return out
+
+    def _large(
+        self, source: str, destination: str, labels: str, first: int, gone: int
+    ) -> list[dict[str, str]]:
+        """The size probes' series: 3 per step (every 10 s), through both ways."""
+        columns: list[list[str]] = [[], [], []]
+        totals = [0.0, 0.0, 0.0]
+        for step in range(self.steps + 1):
+            if step < first or step > gone:
+                for values in columns:
+                    values.append("_")
+                continue
+            if step > first:
+                faulty = self._faulty(step)
+                refused = self.large_refused.get((source, destination), 0.0) if faulty else 0
+                lost = 0.0
+                if faulty:
+                    request = self._way(self.large_way_loss, (source, destination))
+                    reply = self._way(self.large_way_loss, (destination, source))
+                    lost = 1 - (1 - request) * (1 - reply)
+                probes = STEP_S / 10
+                totals[0] += probes
+                totals[1] += probes * (1 - refused) * (1 - lost)
+                totals[2] += probes * refused
+            for values, total in zip(columns, totals, strict=True):
+                values.append(f"{total:g}")
+        names = ("large_packets_sent_total", "large_packets_received_total",
+                 "large_packets_refused_total")  # fmt: skip
+        out = [
+            {"series": f"kube_node_ping_{name}{{{labels}}}", "values": " ".join(values)}
+            for name, values in zip(names, columns, strict=True)
+        ]
+        size = " ".join("_" if s < first or s > gone else str(self.large_bytes)
+                        for s in range(self.steps + 1))  # fmt: skip
+        out.append({"series": f"kube_node_ping_large_packet_bytes{{{labels}}}", "values": size})
+        return out
 
 
 Alert = tuple[str, dict[str, str]]
@@ -521,6 +569,69 @@ def test_clean_cluster_with_stamp_fires_nothing(tmp_path: Path) -> None:
         expect("node_ping:verdict:protocol_loss", at(30)),
     ]
     run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_large_packets_lost_at_a_node_is_a_path_mtu_alert(tmp_path: Path) -> None:
+    """Packets over 1000 bytes dropped in and out of b (an MTU black hole), small ones
+    pass: NodePingPathMTU{b} alone, naming the size probed."""
+    black_hole = {**into("b", SIX, 1.0), **out_of("b", SIX, 1.0)}
+    cluster = Cluster(SIX, size=True, large_way_loss=black_hole)
+    expected = [("NodePingPathMTU", {"node": "b"})]
+    alert = alert_test(
+        at(25),
+        "NodePingPathMTU",
+        {"severity": "warning", "node": "b"},
+        summary=(
+            "Large packets lost on b's paths while small ones pass (path MTU below 1500 bytes?)"
+        ),
+        description=(
+            "100% of the path-MTU probes to b (echo requests as large as the route allows, "
+            "never fragmented) are lost, while small echo requests pass: an MTU black hole on "
+            "its link. Its interface, a VPN or overlay on the way has a smaller MTU than the "
+            'route, and the "packet too big" answer is dropped (a firewall), or fragments are. '
+            "Pods on it lose traffic of full-size packets (TLS handshakes, large responses) to "
+            "the other nodes."
+        ),
+        runbook_url="docs/runbooks.md#nodepingpathmtu",
+    )
+    checks = [
+        firing([], at(FAULT)),
+        firing(expected, at(FAULT + 5)),
+        expect("node_ping:verdict:link_size_loss", at(25)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
+def test_large_packets_lost_on_one_path_is_a_link_path_mtu_alert(tmp_path: Path) -> None:
+    cluster = Cluster(SIX, size=True, large_way_loss={("a", "e"): 1.0, ("e", "a"): 1.0})
+    expected = [
+        ("NodePingLinkPathMTU", {"source_node": "a", "destination_node": "e"}),
+        ("NodePingLinkPathMTU", {"source_node": "e", "destination_node": "a"}),
+    ]
+    checks = [firing(expected, at(FAULT + 5)), expect("node_ping:verdict:node_size_loss", at(25))]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_size_probes_refused_by_the_kernel_are_no_loss(tmp_path: Path) -> None:
+    """c's kernel refuses every size probe (it knows a smaller path MTU): recorded for
+    diagnose, no alert, no loss verdict."""
+    refused = {("c", d): 1.0 for d in SIX if d != "c"}
+    cluster = Cluster(SIX, size=True, large_refused=refused)
+    checks = [
+        firing([], at(25)),
+        expect(
+            "node_ping:verdict:size_refused",
+            at(25),
+            ('node_ping:verdict:size_refused{node="c"}', 1.0),
+        ),
+        expect("node_ping:verdict:node_size_loss", at(25)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_clean_cluster_with_size_probes_fires_nothing(tmp_path: Path) -> None:
+    checks = [firing([], at(20)), firing([], at(30))]
+    run_promtool(tmp_path, [case(Cluster(SIX, size=True, stamp=True), checks)])
 
 
 def test_ten_percent_link_loss_within_five_minutes(tmp_path: Path) -> None:

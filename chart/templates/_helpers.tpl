@@ -135,6 +135,8 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
+size_probe_interval: {{ .Values.probe.sizeProbeInterval }}
+size_probe_bytes: {{ .Values.probe.sizeProbeBytes }}
 stamp_port: {{ .Values.stamp.port }}
 stamp_reflect_any: {{ .Values.stamp.reflectAny }}
 external_targets: {{ include "npe.externalTargets" . }}
