@@ -4,8 +4,10 @@
 
 For each size N, in private network namespaces (lab.targets): N target
 addresses answered by a user-space responder after a fixed delay (kernel echo
-replies off), probed once per second each, first by the agent (unprivileged
-ping socket, file discovery) and then by ``fping -l -p 1000``. Over a window of
+replies off), probed once per second each, by the agent with echo only
+(``--stamp-port 0 --size-probe-interval 0``), by the agent as shipped (echo, a
+STAMP packet per echo to a reflector answering on every target address, a
+path-MTU probe per peer every 10 s), and by ``fping -l -p 1000``. Over a window of
 ``--seconds`` after a warm-up it measures CPU seconds per 1000 probes, probes/s
 achieved vs scheduled, peak RSS, median and p99 RTT against the responder's
 measured hold time, and for the agent the ``/metrics`` render time. Prints a
@@ -25,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from lab.netns import can_create_namespaces
@@ -42,6 +46,8 @@ PORT = 19798
 class Result:
     tool: str
     peers: int
+    seconds: float
+    cpu_seconds: float
     cpu_per_1000: float
     achieved: float
     scheduled: float
@@ -74,8 +80,25 @@ def sleep_until(monotonic_deadline: float) -> None:
     time.sleep(max(0.0, monotonic_deadline - time.monotonic()))
 
 
+# The agent's variants: echo only, and as shipped (STAMP and path-MTU probes on).
+ECHO_ONLY = ["--stamp-port", "0", "--size-probe-interval", "0"]
+VARIANTS = {"echo only": ECHO_ONLY, "echo + STAMP + size": []}
+STAMP_PORT = 8762
+# A STAMP reflector for every target address (the agent's own, answering any source).
+REFLECTOR = """
+import asyncio, sys
+from exporter.reflector import Reflector, open_reflector_socket
+asyncio.run(Reflector({4: open_reflector_socket(4, int(sys.argv[1]))}, "targets").run())
+"""
+
+
 def run_agent(
-    net: TargetNetwork, peers: int, seconds: float, work: Path, responder: subprocess.Popen[bytes]
+    net: TargetNetwork,
+    peers: int,
+    seconds: float,
+    work: Path,
+    responder: subprocess.Popen[bytes],
+    variant: str = "echo only",
 ) -> Result:
     peers_file = work / "nodes.json"
     peers_file.write_text(
@@ -107,10 +130,18 @@ def run_agent(
             f"127.0.0.1:{PORT}",
             "--log-level",
             "warning",
+            *VARIANTS[variant],
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    reflector = None
+    if "STAMP" in variant:
+        reflector = net.hosts.popen(
+            [sys.executable, "-c", REFLECTOR, str(STAMP_PORT)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     try:
         sleep_until(start)
         cpu_start = cpu_seconds(proc.pid)
@@ -134,11 +165,16 @@ def run_agent(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+        if reflector is not None:
+            reflector.kill()
+            reflector.wait(timeout=10)
     data = json.loads(out.read_text())
     rtts = data["rtts"]
     return Result(
-        "node-ping-exporter",
+        f"node-ping-exporter ({variant})",
         peers,
+        seconds,
+        cpu,
         cpu / data["resolved"] * 1000,
         data["resolved"] / seconds,
         peers,
@@ -199,6 +235,8 @@ def run_fping(
     return Result(
         "fping -l",
         peers,
+        seconds,
+        cpu,
         cpu / max(len(rtts), 1) * 1000,
         len(rtts) / seconds,
         peers,
@@ -211,16 +249,18 @@ def run_fping(
 
 def table(results: list[Result], hold: dict[int, dict[str, float]]) -> str:
     lines = [
-        "| peers | tool | CPU-s / 1000 probes | probes/s achieved / scheduled | peak RSS MB "
+        "| peers | tool | CPU-s / 1000 echo probes | CPU ms per peer per s "
+        "| echo probes/s achieved / scheduled | peak RSS MB "
         "| RTT median ms | RTT p99 ms | true delay (responder hold, median) ms "
         "| /metrics render ms |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         render = f"{r.render_ms:.0f}" if r.render_ms is not None else "—"
         true = hold.get(id(r), {}).get("hold_median_ms", float("nan"))
+        per_peer = r.cpu_seconds * 1000 / r.seconds / r.peers
         lines.append(
-            f"| {r.peers} | {r.tool} | {r.cpu_per_1000:.4f} | {r.achieved:.0f} / "
+            f"| {r.peers} | {r.tool} | {r.cpu_per_1000:.4f} | {per_peer:.4f} | {r.achieved:.0f} / "
             f"{r.scheduled:.0f} | {r.rss_mb:.1f} | {r.rtt_median:.3f} | {r.rtt_p99:.3f} "
             f"| {true:.3f} | {render} |"
         )
@@ -249,8 +289,12 @@ def main() -> None:
         except ResponderUnavailable as exc:
             sys.exit(f"bench: {exc}")
         net.hosts.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+        runners: list[Callable[..., Result]] = [
+            *(partial(run_agent, variant=v) for v in VARIANTS),
+            run_fping,
+        ]
         for peers in sizes:
-            for runner in (run_agent, run_fping):
+            for runner in runners:
                 resp = net.hosts.popen(
                     [str(responder), "-delay", f"{args.delay_ms}ms"], stderr=subprocess.PIPE
                 )
@@ -270,11 +314,14 @@ def main() -> None:
     )
     print(table(results, hold))
     for peers in sizes:
-        agent = next(r for r in results if r.peers == peers and r.render_ms is not None)
+        echo, full = (
+            next(r for r in results if r.peers == peers and v in r.tool) for v in VARIANTS
+        )
         fping = next(r for r in results if r.peers == peers and r.render_ms is None)
         print(
-            f"\n{peers} peers: CPU ratio agent/fping = "
-            f"{agent.cpu_per_1000 / fping.cpu_per_1000:.2f}",
+            f"\n{peers} peers: CPU per 1000 echo probes, agent (echo only) / fping = "
+            f"{echo.cpu_per_1000 / fping.cpu_per_1000:.2f}; STAMP and size probes cost "
+            f"{full.cpu_seconds / echo.cpu_seconds:.2f}x the echo-only agent's CPU",
             end="",
         )
     print()

@@ -511,3 +511,20 @@ def test_a_resolver_that_never_answers_delays_nothing(
         resolv.unlink(missing_ok=True)
         if not any(conf_dir.iterdir()):
             conf_dir.rmdir()
+
+
+def test_a_stamp_port_in_use_stops_the_agent_with_one_line(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    """A second agent on the same node (namespace) cannot take the STAMP port: exit 2,
+    one line naming the setting, no traceback."""
+    first = agent_factory("--peer", f"t1={target_v4(1)}", "--stamp-port", "18762")
+    first.wait_ready()
+    second = agent_factory("--peer", f"t1={target_v4(1)}", "--stamp-port", "18762")
+    assert second.proc.wait(timeout=15) == 2
+    lines = [line for line in second.output().splitlines() if "stamp" in line]
+    assert lines == [
+        "node-ping-exporter: invalid setting 'stamp_port' (--stamp-port): cannot listen on "
+        "UDP port 18762: Address already in use"
+    ], second.output()
+    assert "Traceback" not in second.output()

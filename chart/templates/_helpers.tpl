@@ -135,6 +135,9 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
+{{- if and .Values.probe.sizeProbeInterval (lt (float64 .Values.probe.sizeProbeInterval) (float64 .Values.probe.interval)) }}
+{{- fail (printf "probe.sizeProbeInterval %v is shorter than probe.interval %v: path-MTU probes go at most once per probe interval (0 turns them off)" .Values.probe.sizeProbeInterval .Values.probe.interval) }}
+{{- end }}
 size_probe_interval: {{ .Values.probe.sizeProbeInterval }}
 size_probe_bytes: {{ .Values.probe.sizeProbeBytes }}
 stamp_port: {{ .Values.stamp.port }}
