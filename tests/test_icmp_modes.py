@@ -32,8 +32,12 @@ def ns() -> Iterator[Namespace]:
         cleanup(prefix)
 
 
-def run_agent(ns: Namespace, mode: str, net_raw: bool) -> tuple[int, str, str]:
-    """Run the agent for ~2 s; returns (exit code, build_info icmp_mode or '', stderr)."""
+def run_agent(
+    ns: Namespace, mode: str, net_raw: bool, answered: dict[str, float] | None = None
+) -> tuple[int, str, str]:
+    """Run the agent for ~2 s; returns (exit code, build_info icmp_mode or '', stderr).
+    With ``answered``, runs until a path-MTU probe and a STAMP packet were answered
+    too, and fills it with those counters."""
     drop = [] if net_raw else ["setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"]
     port = 19700 + os.getpid() % 200
     proc = subprocess.Popen(
@@ -50,6 +54,8 @@ def run_agent(ns: Namespace, mode: str, net_raw: bool) -> tuple[int, str, str]:
             f"127.0.0.1:{port}",
             "--interval",
             "0.1",
+            "--size-probe-interval",
+            "0.2",
             "--log-level",
             "warning",
         ),
@@ -59,13 +65,19 @@ def run_agent(ns: Namespace, mode: str, net_raw: bool) -> tuple[int, str, str]:
     )
     mode_seen = ""
     deadline = time.monotonic() + 10
-    while proc.poll() is None and time.monotonic() < deadline and not mode_seen:
+    wanted = ("large_packets_received_total", "stamp_packets_received_total")
+    while proc.poll() is None and time.monotonic() < deadline:
         out = ns.run("curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/metrics", check=False)
         if out:
             samples = parse_metrics(out)
             for chosen in ("unprivileged", "raw"):
                 if value(samples, "kube_node_ping_build_info", icmp_mode=chosen):
                     mode_seen = chosen
+            if answered is not None:
+                for name in wanted:
+                    answered[name] = value(samples, f"kube_node_ping_{name}") or 0
+        if mode_seen and (answered is None or all(answered.get(n) for n in wanted)):
+            break
         time.sleep(0.2)
     if proc.poll() is None:
         proc.terminate()
@@ -89,6 +101,19 @@ def test_forced_modes(ns: Namespace) -> None:
     ns.sysctl("net.ipv4.ping_group_range", OPEN)
     assert run_agent(ns, "raw", net_raw=True)[:2] == (0, "raw")
     assert run_agent(ns, "unprivileged", net_raw=True)[:2] == (0, "unprivileged")
+
+
+@pytest.mark.parametrize("mode", ["raw", "unprivileged"])
+def test_size_probes_and_stamp_work_in_both_modes(ns: Namespace, mode: str) -> None:
+    """Path-MTU probes (64 KiB on loopback, never fragmented) go through the ICMP
+    socket of either kind; STAMP needs no privilege at all (UDP above 1024). The
+    unprivileged agent runs without CAP_NET_RAW."""
+    ns.sysctl("net.ipv4.ping_group_range", OPEN)
+    answered: dict[str, float] = {}
+    code, seen, err = run_agent(ns, mode, net_raw=mode == "raw", answered=answered)
+    assert (code, seen) == (0, mode), err
+    assert answered["large_packets_received_total"] >= 1, (answered, err)
+    assert answered["stamp_packets_received_total"] >= 1, (answered, err)
 
 
 @pytest.mark.parametrize("mode", ["auto", "raw", "unprivileged"])
