@@ -447,6 +447,31 @@ def test_stamp_names_the_direction_of_a_node_fault(tmp_path: Path) -> None:
     run_promtool(tmp_path, [case(c_in, c_checks, [alert_c]), case(e_out, e_checks)])
 
 
+def test_without_stamp_replies_the_direction_stays_unknown(tmp_path: Path) -> None:
+    """30 % into c, and c's STAMP port blocked both ways (no reply: nothing to place the
+    loss with): the node loss alert, direction unknown; no UDP alert, since echo is
+    lossy too."""
+    udp_blocked = {**into("c", SIX, 1.0), **out_of("c", SIX, 1.0)}
+    cluster = Cluster(SIX, stamp=True, way_loss=into("c", SIX, 0.3), udp_way_loss=udp_blocked)
+    alert = alert_test(
+        at(25),
+        "NodePingNodeLoss",
+        {"severity": "warning", "node": "c"},
+        summary="c or its link loses packets",
+        description=(
+            "100% of the nodes that ping c lose more than the pair threshold (mean loss 30%), "
+            "and c's own probes lose 30%. Direction unknown (too few of its pairs have STAMP "
+            "data): the node, its interface, cable, switch port or a firewall on it."
+        ),
+        runbook_url="docs/runbooks.md#nodepingnodeloss",
+    )
+    checks = [
+        firing([("NodePingNodeLoss", {"node": "c"})], at(FAULT + 5)),
+        expect(DIRECTION, at(25)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks, [alert])])
+
+
 def test_stamp_names_both_ways_when_both_lose(tmp_path: Path) -> None:
     cluster = Cluster(SIX, stamp=True, way_loss={**into("b", SIX, 0.2), **out_of("b", SIX, 0.2)})
     checks = [
