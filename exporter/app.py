@@ -47,10 +47,10 @@ SHUTDOWN_SECONDS = 1.5  # SIGTERM to exit, well inside the 2 s promise
 DRAIN_SECONDS = 0.1  # /readyz answers 503 this long before the listener closes
 
 
-def open_sockets(raw: bool) -> dict[int, EchoSocket]:
-    sockets: dict[int, EchoSocket] = {4: open_echo_socket(4, raw=raw)}
+def open_sockets(raw: bool, dont_fragment: bool) -> dict[int, EchoSocket]:
+    sockets: dict[int, EchoSocket] = {4: open_echo_socket(4, raw, dont_fragment)}
     try:
-        sockets[6] = open_echo_socket(6, raw=raw)
+        sockets[6] = open_echo_socket(6, raw, dont_fragment)
     except Exception as exc:  # IPv6 disabled on the node: IPv6 peers count send errors
         log.warning(
             "no IPv6 ICMP socket; IPv6 peers will not be probed", extra={"problem": str(exc)}
@@ -67,7 +67,7 @@ def open_udp_sockets(opener: Callable[[int], socket.socket]) -> dict[int, socket
         if exc.errno == errno.EADDRINUSE:
             sockets[4].close()
             raise
-        log.warning("no IPv6 UDP socket; STAMP to IPv6 peers is off", extra={"problem": str(exc)})
+        log.warning("no IPv6 UDP socket; STAMP over IPv6 is off", extra={"problem": str(exc)})
     return sockets
 
 
@@ -79,7 +79,9 @@ class Agent:
         self.shutting_down = False
         me = settings.node_name
         self.mode = resolve_mode(settings.icmp_mode)
-        self.sockets = open_sockets(raw=self.mode.value == "raw")
+        self.sockets = open_sockets(
+            raw=self.mode.value == "raw", dont_fragment=bool(settings.size_probe_interval)
+        )
         self.supervisor = Supervisor(me)
         self.table = PeerTable(
             settings.window,
@@ -167,7 +169,7 @@ class Agent:
                 f"{s.stamp_port}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
         allowed = None if s.stamp_reflect_any else self.sink.knows
-        return Reflector(sockets, s.node_name, allowed)
+        return Reflector(sockets, s.node_name, allowed, port=s.stamp_port)
 
     def _http_server(self) -> HttpServer:
         s = self.settings

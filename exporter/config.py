@@ -138,6 +138,8 @@ ZONE = re.compile(r"(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 # The prober paces sends on ticks of at least 10 ms; twice that is the shortest
 # interval it honours exactly (tests/test_prober_scripted.py).
 MIN_INTERVAL_SECONDS = 0.02
+# The largest echo payload that crosses any IPv6 path (minimum MTU 1280) whole.
+MAX_UNFRAGMENTED_PAYLOAD = 1280 - 48
 
 
 def check_node_name(value: str) -> str:
@@ -305,8 +307,8 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="seconds between path-MTU probes to a node peer (rounded to whole "
-        "probe intervals): echo requests as large as the route allows, never fragmented; "
-        "0 = none",
+        "probe intervals, at least one): echo requests as large as the route allows, never "
+        "fragmented (then no echo request is); 0 = none",
     )
     size_probe_bytes: int = Field(
         default=0,
@@ -461,11 +463,12 @@ class Settings(BaseSettings):
                 f"{self.size_probe_bytes} is smaller than an echo request ({smallest} bytes); "
                 "0 = the route's MTU"
             )
-        if self.size_probe_interval and self.size_probe_interval < self.interval:
+        if self.size_probe_interval and self.payload_size > MAX_UNFRAGMENTED_PAYLOAD:
             raise ValueError(
-                f"invalid setting 'size_probe_interval' (--size-probe-interval): "
-                f"{self.size_probe_interval:g} s is shorter than --interval "
-                f"({self.interval:g} s); 0 = no size probes"
+                f"invalid setting 'payload_size' (--payload-size): {self.payload_size} bytes "
+                "would need fragmenting, and with path-MTU probes on echo requests are never "
+                f"fragmented: at most {MAX_UNFRAGMENTED_PAYLOAD} (IPv6's minimum MTU), or "
+                "--size-probe-interval 0"
             )
         return self
 

@@ -14,10 +14,10 @@ and only here:
   and its id is the PID — 1 in every container);
 * kernel-side echo-reply-only filters on raw sockets (ICMP_FILTER, ICMP6_FILTER)
   and a checksum computed in C rather than a Python loop;
-* never fragmenting (DF on IPv4, IPV6_DONTFRAG): a path-MTU probe as large as
-  the route allows must cross the path whole or be lost, and one larger than the
-  kernel knows the path takes fails at once with EMSGSIZE (small probes are
-  never near the limit, so this changes nothing for them).
+* never fragmenting (DF on IPv4, IPV6_DONTFRAG) when path-MTU probes are on: such
+  a probe, as large as the route allows, must cross the path whole or be lost, and
+  one larger than the kernel knows the path takes fails at once with EMSGSIZE
+  (the settings keep small probes under IPv6's minimum MTU then).
 """
 
 from __future__ import annotations
@@ -114,16 +114,16 @@ class _EchoMixin:
 
         def close(self) -> None: ...
 
-    def _prepare(self) -> None:
+    def _prepare(self, dont_fragment: bool) -> None:
         sock = self._sock
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         # Capped by net.core.rmem_max; the default size still works.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        if self._IP_VERSION == 6:
+        if dont_fragment and self._IP_VERSION == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
-        else:
+        elif dont_fragment:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         # Raw sockets pick an id nobody else on the host is likely to use;
         # datagram sockets get theirs from the kernel, which also filters on it.
@@ -220,10 +220,11 @@ _CLASSES: dict[int, type[EchoSocketV4] | type[EchoSocketV6]] = {
 }
 
 
-def open_echo_socket(family: int, raw: bool) -> EchoSocket:
-    """One prepared socket; raises icmplib's errors (permission, address) or OSError."""
+def open_echo_socket(family: int, raw: bool, dont_fragment: bool = False) -> EchoSocket:
+    """One prepared socket; raises icmplib's errors (permission, address) or OSError.
+    ``dont_fragment``: every packet sent whole or not at all (path-MTU probes)."""
     sock = _CLASSES[family](privileged=raw)
-    sock._prepare()
+    sock._prepare(dont_fragment)
     return sock
 
 

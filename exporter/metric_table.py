@@ -241,7 +241,8 @@ STAMP_REFLECTOR_PACKETS = Family(
     "kube_node_ping_stamp_reflector_packets_total",
     "counter",
     "Packets at this node's STAMP reflector, by result: reflected, unknown_source (not a "
-    "known node's address), malformed, send_error.",
+    "known node's address, or from the reflector port), malformed, not_unicast, "
+    "rate_limited, send_error.",
     (*SOURCE, "result"),
 )
 

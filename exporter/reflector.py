@@ -13,7 +13,11 @@ the sender subtracts the reflector's own delay from the round trip.
 
 Only addresses of known nodes get a reply, by default: a UDP reflector that
 answers anyone on a host network is a tool for others (a spoofed source turns
-it against a third party). Replies are never larger than requests.
+it against a third party). Replies are never larger than requests; nothing from
+the reflector port itself is answered (a spoofed packet between two reflectors
+would otherwise bounce between them for ever), nor a packet sent to a broadcast
+or multicast address; and at most MAX_REPLIES_PER_SECOND replies go out (a
+flood must not take the event loop from the prober), the rest counted.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from .stamp import (
 log = logging.getLogger(__name__)
 
 SESSION_IDLE_SECONDS = 300.0
-MAX_SESSIONS = 65_536
+MAX_SESSIONS = 16_384
 READ_BATCH = 256
+# Every node's sender at 1 probe/s in a 5000-node cluster is 5000/s; four times that.
+MAX_REPLIES_PER_SECOND = 20_000
 
 SessionKey = tuple[str, int, int]  # sender address, port, SSID
 
@@ -64,17 +70,25 @@ class Reflector:
         sockets: dict[int, socket.socket],
         node_name: str,
         allowed: Callable[[str], bool] | None = None,
+        port: int = 0,
         time_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sockets = sockets
         self.node_name = node_name
         self.allowed = allowed  # None: every source
+        self.port = port  # the reflector's own: packets from it are never answered
+        self._second = 0  # the monotonic second being counted, and replies in it
+        self._replies_this_second = 0
         self.time_ns = time_ns
         self.monotonic = monotonic
         # session -> (next reflector sequence, last seen); oldest first
         self.sessions: OrderedDict[SessionKey, tuple[int, float]] = OrderedDict()
-        self.counts = {"reflected": 0, "unknown_source": 0, "malformed": 0, "send_error": 0}
+        self.counts = dict.fromkeys(
+            ("reflected", "unknown_source", "malformed", "not_unicast", "rate_limited",
+             "send_error"),
+            0,
+        )  # fmt: skip
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,15 +123,25 @@ class Reflector:
         ancdata: list[tuple[int, int, bytes]],
         address: tuple[Any, ...],
     ) -> None:
-        received = received_at(ancdata)
         source = address[0]
-        if self.allowed is not None and not self.allowed(source):
+        if (self.allowed is not None and not self.allowed(source)) or address[1] == self.port:
             self.counts["unknown_source"] += 1
             return
         packet = unpack_sender(data)
         if packet is None:
             self.counts["malformed"] += 1
             return
+        received = received_at(ancdata)
+        if not received.unicast:
+            self.counts["not_unicast"] += 1
+            return
+        second = int(self.monotonic())
+        if second != self._second:
+            self._second, self._replies_this_second = second, 0
+        if self._replies_this_second >= MAX_REPLIES_PER_SECOND:
+            self.counts["rate_limited"] += 1
+            return
+        self._replies_this_second += 1
         sequence = self._next_sequence((source, address[1], packet.ssid))
         receive_stamp = ntp_timestamp(received.stamp_ns)
         reply = pack_reflector(

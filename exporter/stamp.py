@@ -206,11 +206,12 @@ class Received(NamedTuple):
     stamp_ns: int  # receive stamp, CLOCK_REALTIME ns (now, when it gave none)
     ttl: int  # received TTL or hop limit (255 when it did not say)
     reply_from: list[tuple[int, int, bytes]]  # ancillary data: send the reply from there
+    unicast: bool  # sent to one of this host's addresses (not broadcast or multicast)
 
 
 def received_at(ancdata: list[tuple[int, int, bytes]]) -> Received:
     """recvmsg's ancillary data, read."""
-    stamp, ttl = 0, 255
+    stamp, ttl, unicast = 0, 255, True
     reply_from: list[tuple[int, int, bytes]] = []
     for level, kind, value in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
@@ -219,9 +220,13 @@ def received_at(ancdata: list[tuple[int, int, bytes]]) -> Received:
         elif (level, kind) in _TTL_MESSAGES:
             ttl = _INT.unpack_from(value)[0]
         elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-            _index, _spec, destination = IN_PKTINFO.unpack_from(value)
-            reply_from = [(level, IP_PKTINFO, IN_PKTINFO.pack(0, destination, bytes(4)))]
+            # spec_dst is the local address the kernel would answer from; it differs
+            # from the header's destination only for broadcast and multicast.
+            _index, local, destination = IN_PKTINFO.unpack_from(value)
+            unicast = local == destination
+            reply_from = [(level, IP_PKTINFO, IN_PKTINFO.pack(0, local, bytes(4)))]
         elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
             destination, _index = IN6_PKTINFO.unpack_from(value)
+            unicast = destination[0] != 0xFF  # ff00::/8 is multicast
             reply_from = [(level, IPV6_PKTINFO, IN6_PKTINFO.pack(destination, 0))]
-    return Received(stamp or time.time_ns(), ttl, reply_from)
+    return Received(stamp or time.time_ns(), ttl, reply_from, unicast)

@@ -177,14 +177,17 @@ class StampStats:
 
     ``reached`` comes from the stateful reflector's sequence numbers. A reply with
     sender sequence s and reflector sequence r, after the newest earlier reply
-    (s0, r0), says that r - r0 of the s - s0 packets sent in between reached the
-    reflector. It can claim no more than were sent (a reflector that restarted, or
-    a session this one resumed after the peer left and came back, numbers
-    differently): then only what the new numbering vouches for, r + 1, at most
-    s - s0. Packets after the newest reply are counted when the next one arrives,
-    so ``reached`` trails ``sent`` by up to a probe's timeout; PromQL rates over
-    minutes do not see that, and the exposition never shows more reached than
-    sent, nor fewer than received.
+    (s0, r0), says that r - r0 more packets reached the reflector. It never counts
+    more than the s + 1 packets this session has sent (a session this one resumed
+    after the peer left and came back is numbered ahead); a reflector that
+    restarted numbers from 0 again (r < r0), and then only what the new numbering
+    vouches for, r + 1, at most s - s0, is counted. Replies reordered on the way
+    back add nothing themselves; the next newer one counts what they would have.
+    Packets after the newest reply are counted when the next one arrives, so
+    ``reached`` trails ``sent`` by up to a probe's timeout (a reply later than the
+    timeout is counted lost: reverse loss, though the delay may have been either
+    way); PromQL rates over minutes do not see that, and the exposition never
+    shows more reached than sent, nor fewer than received.
     """
 
     __slots__ = (
@@ -216,9 +219,9 @@ class StampStats:
         sent_since = sender_sequence - self._last_sender_sequence
         if sent_since > 0:  # the newest reply so far (an older one, reordered, adds nothing)
             arrived = reflector_sequence - self._last_reflector_sequence
-            if not 0 < arrived <= sent_since:
+            if arrived <= 0:  # the reflector numbers from 0 again: it restarted
                 arrived = min(reflector_sequence + 1, sent_since)
-            self.reached += arrived
+            self.reached = min(self.reached + arrived, sender_sequence + 1)
             self._last_sender_sequence = sender_sequence
             self._last_reflector_sequence = reflector_sequence
         self.sent += 1

@@ -33,7 +33,7 @@ def test_checksum_equals_icmplib(size: int) -> None:
 def test_request_builder_builds_icmplibs_packet(ours: type, theirs: Any) -> None:
     """Raw mode: byte for byte what icmplib's own _create_packet makes."""
     sock = ours(privileged=True)
-    sock._prepare()
+    sock._prepare(dont_fragment=True)
     try:
         token = os.urandom(8)
         build = sock.request_builder(token, 56)

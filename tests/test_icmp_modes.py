@@ -124,3 +124,35 @@ def test_no_way_to_ping_is_one_line_naming_both_fixes(ns: Namespace, mode: str) 
     assert code == 1 and len(lines) == 1, err
     assert "net.ipv4.ping_group_range" in lines[0] and "CAP_NET_RAW" in lines[0]
     assert "'1 0'" in lines[0] and "Traceback" not in err
+
+
+FRAGMENTS = """
+import errno, os, sys, time
+from exporter.icmp import open_echo_socket
+sock = open_echo_socket(4, raw=False, dont_fragment=sys.argv[1] == "1")
+try:
+    sock.sendto(sock.request_builder(os.urandom(8), 2000)(1, 1), ("127.0.0.1", 0))
+except OSError as exc:
+    print(errno.errorcode[exc.errno]); sys.exit()
+time.sleep(0.2)
+print("answered" if sock.drain() else "lost")
+"""
+
+
+def test_echo_requests_are_never_fragmented_with_size_probes(ns: Namespace) -> None:
+    """A 2028-byte echo request over a 1500-byte MTU: sent in fragments (and answered)
+    by a socket as before; refused at once (EMSGSIZE) by one that never fragments, as
+    the agent's is with path-MTU probes on."""
+    ns.sysctl("net.ipv4.ping_group_range", OPEN)
+    ns.run("ip", "link", "set", "lo", "mtu", "1500")
+    try:
+        results = [
+            subprocess.run(
+                ns.cmd(sys.executable, "-c", FRAGMENTS, flag),
+                cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+            ).stdout.strip()
+            for flag in ("0", "1")
+        ]  # fmt: skip
+    finally:
+        ns.run("ip", "link", "set", "lo", "mtu", "65536")
+    assert results == ["answered", "EMSGSIZE"]

@@ -150,6 +150,14 @@ def test_a_reordered_reply_adds_nothing_to_what_reached() -> None:
     stats.record_reply(2, 2, 0.1)  # 1 is late
     stats.record_reply(1, 1, 0.1)
     assert stats.counters()[:3] == (3, 3, 3)
+    # Reordered on the way out: the reflector numbered 6 before 5; nothing is lost.
+    stats = StampStats()
+    for sequence in range(5):
+        stats.record_reply(sequence, sequence, 0.1)
+    stats.record_reply(6, 5, 0.1)
+    stats.record_reply(5, 6, 0.1)
+    stats.record_reply(7, 7, 0.1)
+    assert stats.counters()[:3] == (8, 8, 8)
 
 
 def test_the_exposition_never_shows_more_reached_than_sent_nor_fewer_than_received() -> None:
@@ -271,6 +279,29 @@ def test_the_reflector_answers_only_known_nodes_and_counts_the_rest(
     assert exchange(running, known, port, [b"short"]) == []
     counts = running.reflector.counts
     assert counts["unknown_source"] == 1 and counts["malformed"] == 1 and counts["reflected"] == 0
+
+
+def test_the_reflector_never_answers_its_own_port_and_bounds_its_replies(
+    reflector: tuple[Running, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packet from another reflector's port would bounce between the two for ever;
+    a flood beyond the reply budget is dropped and counted, not answered."""
+    running, port = reflector
+    refl = running.reflector
+    refl.port = port
+    sock = refl.sockets[4]
+    packet = pack_sender(0, 1, 2)
+    refl.reflect(sock, packet, [], ("127.0.0.1", port))
+    assert refl.counts["unknown_source"] == 1 and refl.counts["reflected"] == 0
+    monkeypatch.setattr("exporter.reflector.MAX_REPLIES_PER_SECOND", 3)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    for _ in range(5):
+        refl.reflect(sock, packet, [], sink.getsockname())
+    assert (refl.counts["reflected"], refl.counts["rate_limited"]) == (3, 2)
+    refl.clock[0] += 1  # type: ignore[attr-defined]  # the next second: answered again
+    refl.reflect(sock, packet, [], sink.getsockname())
+    assert refl.counts["reflected"] == 4
 
 
 # -- interoperability with stamp-suite -------------------------------------------------

@@ -135,8 +135,8 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
-{{- if and .Values.probe.sizeProbeInterval (lt (float64 .Values.probe.sizeProbeInterval) (float64 .Values.probe.interval)) }}
-{{- fail (printf "probe.sizeProbeInterval %v is shorter than probe.interval %v: path-MTU probes go at most once per probe interval (0 turns them off)" .Values.probe.sizeProbeInterval .Values.probe.interval) }}
+{{- if and .Values.probe.sizeProbeInterval (gt (int .Values.probe.payloadSize) 1232) }}
+{{- fail (printf "probe.payloadSize %v would need fragmenting, and with path-MTU probes on (probe.sizeProbeInterval) echo requests are never fragmented: at most 1232 (IPv6's minimum MTU), or probe.sizeProbeInterval 0" .Values.probe.payloadSize) }}
 {{- end }}
 size_probe_interval: {{ .Values.probe.sizeProbeInterval }}
 size_probe_bytes: {{ .Values.probe.sizeProbeBytes }}
