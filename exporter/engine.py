@@ -129,11 +129,34 @@ class SizeProbes:
     route_mtu: Callable[[str, int], int | None] = _route_mtu
 
     def packet_bytes(self, address: str, family: int) -> int | None:
-        """The IP packet size to probe ``address`` with, within what an echo can be."""
+        """The IP packet size to probe ``address`` with, within what an echo can be;
+        None without a route."""
         size = self.size or self.route_mtu(address, family)
         if not size:
             return None
         return min(max(size, HEADER_BYTES[family] + MIN_PAYLOAD_SIZE), MAX_PACKET_BYTES)
+
+
+class ProbeSizes:
+    """Each address's path-MTU probe size, looked up once per SIZE_REFRESH_SECONDS (a
+    schedule rebuilt on every discovery change must not ask the kernel per peer)."""
+
+    def __init__(self, probes: SizeProbes) -> None:
+        self.probes = probes
+        self._sizes: dict[tuple[str, int], int | None] = {}
+        self._looked_up = -SIZE_REFRESH_SECONDS
+
+    def due(self, now: float) -> bool:
+        return now - self._looked_up >= SIZE_REFRESH_SECONDS
+
+    def get(self, address: str, family: int, now: float) -> int | None:
+        if self.due(now):
+            self._sizes.clear()
+            self._looked_up = now
+        key = (address, family)
+        if key not in self._sizes:
+            self._sizes[key] = self.probes.packet_bytes(address, family)
+        return self._sizes[key]
 
 
 # States of a sequence slot.
@@ -189,6 +212,7 @@ class Prober:
         self.table = table
         self.stamp = stamp  # STAMP test packets ride on the echo schedule
         self.size_probes = size_probes
+        self._sizes = ProbeSizes(size_probes) if size_probes is not None else None
         self.sockets = sockets
         self.interval = interval  # as configured
         self.cycle_seconds = interval  # in force: longer when the peers need it
@@ -214,7 +238,6 @@ class Prober:
         self._next = 0
         self._cycles = 0  # cycles begun: a peer's size probe goes every size_every-th
         self._size_every = 1
-        self._sized_at = -SIZE_REFRESH_SECONDS
         self._schedule_dirty = True
         self._stopping = False
 
@@ -247,7 +270,7 @@ class Prober:
         if self.stamp is not None:
             self.stamp.drain()
             self.stamp.expire(now)
-        if self.size_probes is not None and now - self._sized_at >= SIZE_REFRESH_SECONDS:
+        if self._sizes is not None and self._sizes.due(now):
             self._schedule_dirty = True  # look up the route MTUs again
         if self._schedule_dirty:
             self._rebuild_schedule(now)
@@ -277,10 +300,9 @@ class Prober:
         }
         peers = sorted(self.table.snapshot(), key=lambda p: (p.offset, p.key))
         self._set_cycle(len(peers))
-        size_probes = self.size_probes
-        if size_probes is not None:
-            self._size_every = max(1, round(size_probes.interval / self.cycle_seconds))
-            self._sized_at = now
+        sizes = self._sizes
+        if sizes is not None:
+            self._size_every = max(1, round(sizes.probes.interval / self.cycle_seconds))
         large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
         for peer in peers:
@@ -289,14 +311,14 @@ class Prober:
             sockaddr = sock.sockaddr(key.address) if sock else ()
             echo: Sends = ((routes.get(key.family), False),)
             with_size: Sends | None = None
-            if size_probes is not None and peer.large is not None and sock is not None:
-                size = size_probes.packet_bytes(key.address, key.family)
+            if sizes is not None and peer.large is not None and sock is not None:
+                size = sizes.get(key.address, key.family, now)
+                peer.large.size = size or 0  # no route: no size probe, no size shown
                 if size is not None:
                     payload = (key.family, size - HEADER_BYTES[key.family])
                     if payload not in large_builders:
                         large_builders[payload] = sock.request_builder(token, payload[1])
                     with_size = (*echo, ((large_builders[payload], sock.sendto), True))
-                    peer.large.size = size
             phase = int(peer.offset * self._size_every)
             schedule.append((peer.offset, peer, sockaddr, echo, with_size, phase))
         self._schedule = schedule

@@ -84,11 +84,9 @@ class StampSender:
             return
         key = peer.key
         sock = self.sockets.get(key.family)
-        sequence = stamp.next_sequence()
-        if sock is None:
-            self._count_error("no_socket")
-            stamp.record_loss()
+        if sock is None:  # no IPv6 UDP on this node (said at start): nothing measured
             return
+        sequence = stamp.next_sequence()
         timestamp = ntp_timestamp(time_ns)
         try:
             sock.sendto(pack_sender(sequence, timestamp, self.ssid), (key.address, self.port))

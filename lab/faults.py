@@ -11,8 +11,8 @@ lab/network.py), whatever they carry.
 - ``node-out`` PCT % of every frame *leaving* a node (received on its port);
 - ``link``     PCT % of every frame A → B (and B → A unless one way);
 - ``isolate``  everything in and out of a node (``blip``: isolated for a while);
-- any of the four above limited to one protocol (``--protocol udp`` or ``icmp``):
-  what a firewall, network policy or rate limit on that protocol does;
+- any of the four above limited to one protocol (``--protocol udp``, or ``icmp``:
+  ICMP echo only): what a firewall, network policy or rate limit on it does;
 - ``partition`` every path between two groups of nodes, both ways;
 - ``size``     IP packets over a size, in and out of a node or on one link: an MTU
   black hole (small pings pass, big ones vanish);
@@ -58,8 +58,16 @@ FaultKind = Literal[
 LOSS_KINDS = ("node-in", "node-out", "link")  # the kinds with a loss percentage
 Protocol = Literal["", "udp", "icmp"]
 PROTOCOL_KINDS = (*LOSS_KINDS, "isolate")  # the kinds that can be one protocol only
-# nftables' match per protocol: ICMP is ICMPv4 and ICMPv6 (neighbour discovery too).
-PROTOCOL_MATCH = {"": "", "udp": "meta l4proto udp ", "icmp": "meta l4proto { icmp, ipv6-icmp } "}
+# nftables' matches per protocol. "icmp" is ICMP echo (v4 and v6) only, as a "no
+# ping" policy or an echo rate limit: neighbour discovery and errors still pass.
+PROTOCOL_MATCH = {
+    "": ("",),
+    "udp": ("meta l4proto udp ",),
+    "icmp": (
+        "icmp type { echo-request, echo-reply } ",
+        "icmpv6 type { echo-request, echo-reply } ",
+    ),
+}
 IPV6_HEADER = 40  # ip6 length is the payload's: the packet is 40 bytes more
 
 
@@ -206,10 +214,9 @@ def fault_rules(fault: Fault) -> list[str]:
         if fault.kind == "size":
             rules.append(f"{where} ip length > {fault.max_bytes} drop")
             rules.append(f"{where} ip6 length > {max(fault.max_bytes - IPV6_HEADER, 0)} drop")
-        elif fault.kind in LOSS_KINDS:
-            rules.append(f"{where} {PROTOCOL_MATCH[fault.protocol]}{_drop(fault.percent)}")
         else:
-            rules.append(f"{where} {PROTOCOL_MATCH[fault.protocol]}drop")
+            drop = _drop(fault.percent) if fault.kind in LOSS_KINDS else "drop"
+            rules += [f"{where} {match}{drop}" for match in PROTOCOL_MATCH[fault.protocol]]
     return rules
 
 

@@ -140,7 +140,8 @@ per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
 {{- end }}
 size_probe_interval: {{ .Values.probe.sizeProbeInterval }}
 size_probe_bytes: {{ .Values.probe.sizeProbeBytes }}
-stamp_port: {{ .Values.stamp.port }}
+{{- /* STAMP reaches the other nodes' reflectors at their node addresses: only with hostNetwork. */}}
+stamp_port: {{ if .Values.hostNetwork }}{{ .Values.stamp.port }}{{ else }}0{{ end }}
 stamp_reflect_any: {{ .Values.stamp.reflectAny }}
 external_targets: {{ include "npe.externalTargets" . }}
 resolve_interval: {{ .Values.externalTargetsResolveInterval }}
