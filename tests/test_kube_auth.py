@@ -95,6 +95,7 @@ def test_only_a_token_allowed_to_get_metrics_reads_them(
         [
             sys.executable, "-m", "exporter", "--node-name", "auth-test",
             "--discovery", "static", "--peer", "self=127.0.0.1", "--interval", "0.5",
+            "--stamp-port", "0",  # the host's namespace: leave its UDP ports alone
             "--listen-address", f"127.0.0.1:{port}", "--kubeconfig", str(kubeconfig),
             "--metrics-auth", "kubernetes", "--tls-cert-file", str(cert),
             "--tls-key-file", str(key),

@@ -280,6 +280,7 @@ def test_in_cluster_agent_follows_token_rotation(
             "unshare", "--mount", "--propagation", "private", "sh", "-c", POD_FILES,
             str(mounted), sys.executable, "-m", "exporter", "--node-name", "node-1",
             "--listen-address", f"{address}:{port}", "--interval", "0.1", "--log-format", "json",
+            "--stamp-port", "0",  # the lab's own agent on node-1 holds the STAMP port
         ),
         tmp_path / "agent.log",
         env={"KUBERNETES_SERVICE_HOST": LAB_ADDRESS, "KUBERNETES_SERVICE_PORT": str(LAB_PORT)},
