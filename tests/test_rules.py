@@ -186,8 +186,10 @@ class Cluster:
                 totals[4] += blips.get(step, 0)
                 forward = self._way(self.udp_way_loss, (source, destination)) if faulty else 0
                 reverse = self._way(self.udp_way_loss, (destination, source)) if faulty else 0
-                # a restarting destination answers no STAMP for 10 s of that step
+                # a restarting destination answers no STAMP for 10 s of that step; a
+                # blip loses STAMP as it loses echo
                 down = 10 if step == self._restart_step(destination) else 0
+                down += blips.get(step, 0)
                 totals[5] += STEP_S
                 totals[6] += (STEP_S - down) * (1 - forward)
                 totals[7] += (STEP_S - down) * (1 - forward) * (1 - reverse)
@@ -819,11 +821,16 @@ def test_one_blip_is_an_outage_not_loss(tmp_path: Path) -> None:
         ),
     ]
     lossy = Cluster(SIX, loss=node_fault("e", SIX, 0.2), blips={"e": [(1, 25)]})
+    # With STAMP and size probes too: what the blip took from them is no UDP policy.
+    probed = Cluster(SIX, blips={"d": [(1, 25)]}, stamp=True, size=True)
+    quiet = [firing([], at(FAULT + m)) for m in (1.5, 2, 2.5, 3, 4)]
+    quiet += [expect("node_ping:verdict:protocol_loss", at(FAULT + m)) for m in (1.5, 2, 3)]
     run_promtool(
         tmp_path,
         [
             case(cluster, checks),
             case(lossy, [firing([("NodePingNodeLoss", {"node": "e"})], at(25))]),
+            case(probed, quiet),
         ],
     )
 
