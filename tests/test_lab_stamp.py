@@ -109,10 +109,11 @@ def test_node_in_and_node_out_are_told_apart(lab: Lab) -> None:
     into = measure(lab)
     print(f"\nnode-in node-2 30 %:\n{into}")
     check_ways(into, {(n, "node-2") for n in NODES if n != "node-2"})
-    # Echo: every pair with node-2 at either end loses about 30 %, whichever way.
+    # Echo: every pair with node-2 at either end loses about 30 %, whichever way (240
+    # probes a pair: ±4 standard deviations).
     for (source, destination), ratio in into.echo.items():
         expected = "node-2" in (source, destination)
-        assert (0.22 < ratio < 0.38) if expected else ratio < 0.05, (source, destination, into)
+        assert (0.18 < ratio < 0.42) if expected else ratio < 0.05, (source, destination, into)
     lab.faults.clear()
     lab.faults.apply(Fault("node-out", "node-3", percent=30))
     out_of = measure(lab)
@@ -144,5 +145,5 @@ def test_an_icmp_drop_loses_echo_while_stamp_passes(lab: Lab) -> None:
     print(f"\nICMP into node-1 30 %:\n{measured}")
     for (source, destination), ratio in measured.echo.items():
         expected = "node-1" in (source, destination)
-        assert (0.22 < ratio < 0.38) if expected else ratio < 0.05, (source, destination)
+        assert (0.18 < ratio < 0.42) if expected else ratio < 0.05, (source, destination)
     check_ways(measured, set())

@@ -468,8 +468,8 @@ def test_stamp_names_the_direction_of_a_node_fault(tmp_path: Path) -> None:
 
 def test_without_stamp_replies_the_direction_stays_unknown(tmp_path: Path) -> None:
     """30 % into c, and c's STAMP port blocked both ways (no reply: nothing to place the
-    loss with): the node loss alert, direction unknown; no UDP alert, since echo is
-    lossy too."""
+    loss with): the node loss alert, direction unknown; and the UDP alert, since UDP
+    loses far more than echo (both are true)."""
     udp_blocked = {**into("c", SIX, 1.0), **out_of("c", SIX, 1.0)}
     cluster = Cluster(SIX, stamp=True, way_loss=into("c", SIX, 0.3), udp_way_loss=udp_blocked)
     alert = alert_test(
@@ -485,7 +485,13 @@ def test_without_stamp_replies_the_direction_stays_unknown(tmp_path: Path) -> No
         runbook_url="docs/runbooks.md#nodepingnodeloss",
     )
     checks = [
-        firing([("NodePingNodeLoss", {"node": "c"})], at(FAULT + 5)),
+        firing(
+            [
+                ("NodePingNodeLoss", {"node": "c"}),
+                ("NodePingUDPLoss", {"node": "c", "protocol": "udp"}),
+            ],
+            at(FAULT + 5),
+        ),
         expect(DIRECTION, at(25)),
     ]
     run_promtool(tmp_path, [case(cluster, checks, [alert])])
