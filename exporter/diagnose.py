@@ -4,9 +4,11 @@ It prints what the alert rules decided: every verdict is a recorded series of th
 rules (``node_ping:verdict:<kind>``), with the thresholds they used
 (``node_ping:threshold:*``). Where Prometheus does not run the rules, or for
 another window, selector or threshold, diagnose evaluates the *same* rules
-itself: each recorded name is replaced by its expression, so one query per
-series asks Prometheus for exactly what the rules would record. The loss matrix
-and the verdicts' details come the same way.
+itself: each recorded name is replaced by its expression, or by what Prometheus
+already answered for it in this run, so one query per series asks Prometheus for
+exactly what the rules would record. Every query is pinned to one instant, as a
+rule group's evaluation is. The loss matrix and the verdicts' details come the
+same way.
 
     node-ping-exporter diagnose --prometheus http://prometheus:9090 [--window 10m]
         [--selector 'job="node-exporter"'] [--output text|json] [--timeout 30]
@@ -43,6 +45,7 @@ import yaml
 from . import rules
 
 Pair = tuple[str, str]
+Sample = tuple[dict[str, str], float]  # one series of an answer: labels, value
 
 # Seconds for the whole answer to one query (connection, headers and body).
 DEFAULT_TIMEOUT_S = 30.0
@@ -129,31 +132,29 @@ class Prometheus:
         self.url = url.rstrip("/")
         self.timeout = timeout  # seconds for the whole answer to one query
         self.max_bytes = MAX_ANSWER_BYTES if max_bytes is None else max_bytes
+        self.at: float | None = None  # the evaluation time of every query, once pinned
+
+    def pin(self) -> None:
+        """Evaluate every later query at Prometheus's present instant, as a rule group
+        evaluates all its rules at one timestamp: the answers then fit together."""
+        now = self.samples("vector(time())")
+        if now:
+            self.at = now[0][1]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The samples of an instant query's result vector."""
         return self.read_answer(self.fetch(expr))
 
-    def by_pair(self, expr: str) -> dict[Pair, float]:
-        """Each sample's value by (source, destination); NaN (no replies to average) left out."""
-        return {
-            (labels["source_node"], labels["destination_node"]): value
-            for labels, value in self.samples(expr, "source_node", "destination_node")
-        }
+    def series(self, expr: str, *required: str) -> list[Sample]:
+        """(labels, value) of each sample, NaN included; every label in ``required``
+        must be there."""
+        return [
+            self._sample(index, sample, required) for index, sample in enumerate(self.query(expr))
+        ]
 
-    def by_node(self, expr: str) -> dict[str, float]:
-        """Each sample's value by its ``node`` label; NaN left out."""
-        return {labels["node"]: value for labels, value in self.samples(expr, "node")}
-
-    def samples(self, expr: str, *required: str) -> list[tuple[dict[str, str], float]]:
-        """(labels, value) of each sample whose value is a number (NaN left out); every
-        label in ``required`` must be there."""
-        out = []
-        for index, sample in enumerate(self.query(expr)):
-            labels, value = self._sample(index, sample, required)
-            if value == value:
-                out.append((labels, value))
-        return out
+    def samples(self, expr: str, *required: str) -> list[Sample]:
+        """The series whose value is a number (NaN, e.g. no replies to average, left out)."""
+        return [(labels, value) for labels, value in self.series(expr, *required) if value == value]
 
     def unreadable(self, what: str) -> DiagnoseError:
         return DiagnoseError(f"Prometheus at {self.url} gave an answer it cannot read: {what}")
@@ -172,7 +173,8 @@ class Prometheus:
         the deadline, and we stop waiting for it at the deadline whatever it is
         blocked in."""
         url = f"{self.url}/api/v1/query"
-        form = urllib.parse.urlencode({"query": expr}).encode()
+        params = {"query": expr} | ({} if self.at is None else {"time": repr(self.at)})
+        form = urllib.parse.urlencode(params).encode()
         deadline = time.monotonic() + self.timeout
         outcome: queue.SimpleQueue[bytes | DiagnoseError] = queue.SimpleQueue()
 
@@ -329,7 +331,13 @@ class RuleSet:
     by its own expression: what Prometheus would record, asked in one query.
 
     Used where the rules are not loaded, or with another window, selector or
-    thresholds than the loaded ones: the formulas stay the rules' own."""
+    thresholds than the loaded ones: the formulas stay the rules' own.
+
+    A name already asked is replaced by its answer instead, written as a PromQL
+    literal, wherever that is shorter: later rules read what earlier ones found, as
+    in Prometheus, rather than evaluating them again (a verdict built on verdicts
+    would otherwise expand into a query of hundreds of kilobytes). With the queries
+    pinned to one instant (Prometheus.pin) the result is the same."""
 
     def __init__(self, config: dict[str, str], thresholds: dict[str, float]) -> None:
         groups = yaml.safe_load(rules.render(config))["groups"]
@@ -338,15 +346,42 @@ class RuleSet:
         }
         for name, value in thresholds.items():
             self.exprs[THRESHOLD + name] = f"vector({value!r})"
+        self._answered: dict[str, str] = {}  # name -> its answer as a literal
         self._expanded: dict[str, str] = {}
 
     def expand(self, name: str) -> str:
         """``name``'s expression with no recorded name left in it."""
+        if name in self._answered:
+            return self._answered[name]
         if name not in self._expanded:
             self._expanded[name] = _RECORDED.sub(
                 lambda m: f"({self.expand(m.group(0))})", self.exprs[name]
             )
         return self._expanded[name]
+
+    def answered(self, name: str, series: list[Sample]) -> None:
+        """What Prometheus answered for ``name``: later expansions use it if shorter."""
+        written = literal(series)
+        if len(written) < len(self.expand(name)):
+            self._answered[name] = written
+            self._expanded.clear()  # expansions that hold the old expression
+
+
+def literal(series: list[Sample]) -> str:
+    """PromQL that evaluates to exactly these series (``__name__`` aside)."""
+    if not series:
+        return "vector(0) < 0"  # the empty vector
+    written = []
+    for labels, value in series:
+        number = "NaN" if value != value else repr(value).replace("inf", "Inf")
+        expr = f"vector({number})"
+        for key, text in sorted(labels.items()):
+            if key != "__name__":  # label_replace expands $1 in its replacement: $$ is $
+                expr = (
+                    f'label_replace({expr}, "{key}", {json.dumps(text.replace("$", "$$"))}, "", "")'
+                )
+        written.append(expr)
+    return " or ".join(written)
 
 
 def over(window: str) -> str:
@@ -379,15 +414,14 @@ def diagnose(
     thresholds and then ``thresholds`` over them; ``config`` sets any other of the
     rules' settings (the lab's shortened windows)."""
     with _gc_paused():
+        prometheus.pin()
         loaded = read_thresholds(prometheus)
         defaults = rules.defaults() | (config or {})
+        rule_set: RuleSet | None = None
         if loaded and not window and selector is None and not thresholds and config is None:
             source, used = "recording rules", loaded
             # The rules' own windows, whatever the chart set them to.
             window, outage_window = RULES_LOSS_WINDOW, RULES_OUTAGE_WINDOW
-
-            def expr(name: str) -> str:
-                return name
         else:
             settings = (config or {}) | {"seriesSelector": selector or ""}
             if window:
@@ -406,8 +440,22 @@ def diagnose(
             source = "the rules, evaluated by diagnose" + (
                 " (Prometheus does not run them)" if not loaded else ""
             )
-            expr = rule_set.expand
-        loss = prometheus.by_pair(expr("node_ping:pair_loss:ratio"))
+
+        def ask(name: str, *required: str) -> list[Sample]:
+            """The series a rule records: read, or evaluated here and kept for later rules."""
+            if rule_set is None:
+                return prometheus.samples(name, *required)
+            series = prometheus.series(rule_set.expand(name), *required)
+            rule_set.answered(name, series)
+            return [(labels, value) for labels, value in series if value == value]
+
+        def by_pair(name: str) -> dict[Pair, float]:
+            return {
+                (labels["source_node"], labels["destination_node"]): value
+                for labels, value in ask(name, "source_node", "destination_node")
+            }
+
+        loss = by_pair("node_ping:pair_loss:ratio")
         if not loss:
             raise DiagnoseError(
                 f"Prometheus at {prometheus.url} has no pair to judge over {over(window)}: "
@@ -415,22 +463,17 @@ def diagnose(
                 f"they measured for {defaults['establishedAfter']} (the rules judge pairs that "
                 "old)?"
             )
-        rtt = prometheus.by_pair(expr("node_ping:pair_rtt:mean_ms"))
+        rtt = by_pair("node_ping:pair_rtt:mean_ms")
         nodes = sorted({n for pair in loss for n in pair})
         result = Diagnosis(window, source, nodes, _matrix(loss), _matrix(rtt), used)
-        found = {
-            kind: prometheus.samples(expr(f"node_ping:verdict:{kind}"))
-            for kind in (*KINDS, *QUALIFIERS)
+        found = {kind: ask(f"node_ping:verdict:{kind}") for kind in (*KINDS, *QUALIFIERS)}
+        details = {
+            name: {labels["node"]: value for labels, value in ask(name, "node")} for name in DETAILS
         }
-        details = {name: prometheus.by_node(expr(name)) for name in DETAILS}
-        latest = (
-            prometheus.by_pair(expr("node_ping:pair_loss:ratio_latest"))
-            if found["partition"]
-            else {}
-        )
+        latest = by_pair("node_ping:pair_loss:ratio_latest") if found["partition"] else {}
         words = Wording(loss, details, used, outage_window, latest, found)
         if found["link_size_loss"]:
-            words.sizes = prometheus.by_pair(expr("node_ping:pair_large:bytes"))
+            words.sizes = by_pair("node_ping:pair_large:bytes")
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 

@@ -121,6 +121,53 @@ def test_inline_rules_leave_no_recorded_name_and_parse(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_an_answer_written_back_as_promql_is_the_same_series(tmp_path: Path) -> None:
+    """A rule already asked is read back as a literal in later queries: promtool
+    evaluates it to the very series answered, odd values and label text included, and
+    a RuleSet uses it only where it is shorter than the expression."""
+    series = [
+        ({"__name__": "x", "node": "node-1"}, 0.25),
+        ({"node": 'we"ird $1 \\ ü', "direction": "in"}, -1e-05),
+        ({"node": "node-3"}, float("inf")),
+    ]
+    tests = [
+        {
+            "expr": diagnose_module.literal(series),
+            "eval_time": "0s",
+            "exp_samples": [
+                {"labels": '{node="node-1"}', "value": 0.25},
+                {"labels": '{direction="in",node="we\\"ird $1 \\\\ ü"}', "value": -1e-05},
+                {"labels": '{node="node-3"}', "value": float("inf")},
+            ],
+        },
+        {
+            "expr": f"count({diagnose_module.literal([({'node': 'a'}, float('nan'))])})",
+            "eval_time": "0s",
+            "exp_samples": [{"labels": "{}", "value": 1}],
+        },
+        {"expr": f"count({diagnose_module.literal([])})", "eval_time": "0s", "exp_samples": []},
+    ]
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    spec = {"rule_files": [str(tmp_path / "none.yml")], "tests": [{"promql_expr_test": tests}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rule_set = RuleSet({"seriesSelector": ""}, {})
+    link_loss = rule_set.expand("node_ping:verdict:link_loss")
+    for kind in KINDS[: KINDS.index("link_loss")]:
+        rule_set.answered(f"node_ping:verdict:{kind}", [({"node": "n2"}, 0.3)])
+    assert len(rule_set.expand("node_ping:verdict:link_loss")) < len(link_loss) / 10
+    assert 'label_replace(vector(0.3), "node", "n2", "", "")' in rule_set.expand(
+        "node_ping:verdict:protocol_loss"
+    )
+    many = [({"source_node": f"n{i}", "destination_node": "d"}, 0.1) for i in range(10**4)]
+    rule_set.answered("node_ping:pair_loss:ratio", many)  # longer than its expression
+    assert "vector(0.1)" not in rule_set.expand("node_ping:pair_loss:ratio")
+
+
 # -- a local HTTP server standing in for Prometheus ---------------------------------
 
 PREFIX = "node-ping-exporter diagnose: "
@@ -443,6 +490,11 @@ def test_without_the_rules_the_same_rules_are_evaluated_inline(
         assert (code, err) == (0, ""), args
         assert "the rules, evaluated by diagnose" in out.splitlines()[0]
         asked = set(server.queries)
+        assert pair_loss in asked
+        # Verdicts read the verdicts asked before them as they were answered (empty).
+        for kind in KINDS[: KINDS.index("link_loss")]:
+            expected.answered(f"node_ping:verdict:{kind}", [])
+        expected.answered("node_ping:pair_rtt:mean_ms", [])
         assert expected.expand("node_ping:verdict:link_loss") in asked
         assert not any(q.startswith("node_ping:") for q in asked)
 
