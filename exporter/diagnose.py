@@ -153,8 +153,8 @@ class Prometheus:
         ]
 
     def samples(self, expr: str, *required: str) -> list[Sample]:
-        """The series whose value is a number (NaN, e.g. no replies to average, left out)."""
-        return [(labels, value) for labels, value in self.series(expr, *required) if value == value]
+        """The series whose value is a number."""
+        return numbers(self.series(expr, *required))
 
     def unreadable(self, what: str) -> DiagnoseError:
         return DiagnoseError(f"Prometheus at {self.url} gave an answer it cannot read: {what}")
@@ -360,18 +360,28 @@ class RuleSet:
         return self._expanded[name]
 
     def answered(self, name: str, series: list[Sample]) -> None:
-        """What Prometheus answered for ``name``: later expansions use it if shorter."""
-        written = literal(series)
-        if len(written) < len(self.expand(name)):
+        """What Prometheus answered for ``name``: later expansions use it if shorter.
+
+        Written one series at a time and given up as soon as it is longer: a
+        matrix of thousands of pairs is never written out only to be dropped."""
+        room = len(self.expand(name))
+        parts, length = [], -len(" or ")
+        for part in literal_parts(series):
+            length += len(" or ") + len(part)
+            if length >= room:
+                return
+            parts.append(part)
+        written = " or ".join(parts) or EMPTY_VECTOR
+        if len(written) < room:
             self._answered[name] = written
             self._expanded.clear()  # expansions that hold the old expression
 
 
-def literal(series: list[Sample]) -> str:
-    """PromQL that evaluates to exactly these series (``__name__`` aside)."""
-    if not series:
-        return "vector(0) < 0"  # the empty vector
-    written = []
+EMPTY_VECTOR = "vector(0) < 0"
+
+
+def literal_parts(series: list[Sample]) -> Iterator[str]:
+    """One PromQL expression per series, evaluating to it (``__name__`` aside)."""
     for labels, value in series:
         number = "NaN" if value != value else repr(value).replace("inf", "Inf")
         expr = f"vector({number})"
@@ -380,8 +390,17 @@ def literal(series: list[Sample]) -> str:
                 expr = (
                     f'label_replace({expr}, "{key}", {json.dumps(text.replace("$", "$$"))}, "", "")'
                 )
-        written.append(expr)
-    return " or ".join(written)
+        yield expr
+
+
+def literal(series: list[Sample]) -> str:
+    """PromQL that evaluates to exactly these series (``__name__`` aside)."""
+    return " or ".join(literal_parts(series)) or EMPTY_VECTOR
+
+
+def numbers(series: list[Sample]) -> list[Sample]:
+    """The series whose value is a number: NaN (e.g. no replies to average) left out."""
+    return [(labels, value) for labels, value in series if value == value]
 
 
 def over(window: str) -> str:
@@ -447,7 +466,7 @@ def diagnose(
                 return prometheus.samples(name, *required)
             series = prometheus.series(rule_set.expand(name), *required)
             rule_set.answered(name, series)
-            return [(labels, value) for labels, value in series if value == value]
+            return numbers(series)
 
         def by_pair(name: str) -> dict[Pair, float]:
             return {
