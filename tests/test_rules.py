@@ -45,6 +45,9 @@ class Cluster:
     rtt_ms: dict[Pair, float] = field(default_factory=dict)
     # pair -> minutes (after fault_start) at which an outage of that pair ends
     outages: dict[Pair, list[int]] = field(default_factory=dict)
+    # RTT added in all, ms, to the replies as an outage ends: the probes sent then wait
+    # for neighbour resolution (the lab measured 250-470 ms each)
+    recovery_ms: float = 0.0
     # node -> (minute after fault_start, seconds): the node vanishes that long, once
     blips: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     skipped: dict[str, float] = field(default_factory=dict)  # node -> share of probes skipped
@@ -182,6 +185,8 @@ class Cluster:
                 totals[0] += STEP_S
                 totals[1] += replies
                 totals[2] += replies * delay
+                if ends.count(step) or step in blips:
+                    totals[2] += self.recovery_ms
                 totals[3] += ends.count(step) + (1 if step in blips else 0)
                 totals[4] += blips.get(step, 0)
                 forward = self._way(self.udp_way_loss, (source, destination)) if faulty else 0
@@ -810,6 +815,28 @@ def test_repeated_outages_seen_by_most_nodes_are_a_flicker(tmp_path: Path) -> No
         expect(OUTAGE, at(FAULT + 7)),  # the flicker says it all
     ]
     run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_the_late_replies_after_an_outage_are_no_slow_node(tmp_path: Path) -> None:
+    """d flaps: an outage ends every minute, and the replies as each ends come back
+    late (neighbour resolution): a mean RTT over 20 ms, a flicker, not a slow node.
+    A node slow for every source still is, though one source saw it vanish."""
+    outages = {(s, "d"): list(range(1, 8)) for s in SIX if s != "d"}
+    flapping = Cluster(SIX, outages=outages, recovery_ms=1400)
+    mean = 'node_ping:pair_rtt:mean_ms{source_node="a",destination_node="d"} > 20'
+    checks = [
+        expect(f"count({mean})", at(FAULT + 5), ("{}", 1)),
+        firing([("NodePingNodeFlicker", {"node": "d"})], at(FAULT + 5)),
+        expect("node_ping:verdict:node_slow", at(FAULT + 5)),
+    ]
+    slow = Cluster(
+        SIX,
+        rtt_ms={(s, "d"): 20.0 for s in SIX if s != "d"},
+        outages={("a", "d"): [4]},
+        recovery_ms=1400,
+    )
+    expected = [("NodePingHighRTT", {"node": "d"})]
+    run_promtool(tmp_path, [case(flapping, checks), case(slow, [firing(expected, at(FAULT + 5))])])
 
 
 def test_one_blip_is_an_outage_not_loss(tmp_path: Path) -> None:
