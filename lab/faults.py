@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .network import bridge_port
-from .process import kill_all
+from .process import alive, kill_all
 from .responder import ensure_responder
 
 if TYPE_CHECKING:  # lab.state imports Fault from here
@@ -350,7 +350,9 @@ class Faults:
             shares = [f.percent for f in state.faults if f.kind == "starve" and f.node == node]
             self.cpu.limit(node, min(shares) if shares else None)
         # Kernel echo replies off (both families in a dual-stack lab) while the
-        # delayed responder answers instead.
+        # delayed responder answers instead. A node that turns slow never stops
+        # answering: the responder listens before the kernel stops, and the kernel
+        # answers again before the responder goes (a duplicate reply is ignored).
         echo_off = [("net.ipv4.icmp_echo_ignore_all", "1")]
         if config.dual_stack:
             echo_off.append(("net.ipv6.icmp.echo_ignore_all", "1"))
@@ -359,16 +361,40 @@ class Faults:
             delays = [f.delay_ms for f in state.faults if f.kind == "latency" and f.node == node]
             running = state.responders.get(node)
             if running is not None and not delays:
-                kill_all({running})
-                del state.responders[node]
                 for key, _ in echo_off:
                     ns.sysctl(key, "0")
+                kill_all({running})
+                del state.responders[node]
             elif delays and running is None:
-                for key, off in echo_off:
-                    ns.sysctl(key, off)
                 command = [str(ensure_responder()), "-delay", f"{max(delays)}ms"]
                 if config.dual_stack:
                     command.append("-ipv6")
-                state.responders[node] = self.workdir.spawn(
-                    ns.cmd(*command), f"responder-{node}.log"
-                )
+                pid = self.workdir.spawn(ns.cmd(*command), f"responder-{node}.log")
+                state.responders[node] = pid
+                _wait_listening(pid, sockets=2 if config.dual_stack else 1)
+                for key, off in echo_off:
+                    ns.sysctl(key, off)
+
+
+def _wait_listening(pid: int, sockets: int, timeout: float = 10) -> None:
+    """Until the responder ``pid`` holds its raw sockets (it reads requests from then on,
+    whether the kernel answers them or not); a LabError if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:  # the responder's own descriptors: `ip netns exec` has exec'd it
+            exe = os.readlink(f"/proc/{pid}/exe")
+            fds = os.listdir(f"/proc/{pid}/fd")
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+        except OSError:
+            exe, links = "", []  # not started yet, or a descriptor closed meanwhile
+        if (
+            exe == str(ensure_responder())
+            and sum(x.startswith("socket:") for x in links) >= sockets
+        ):
+            return
+        if not alive(pid):
+            break
+        time.sleep(0.02)
+    from .state import LabError  # lab.state imports this module
+
+    raise LabError(f"the delayed responder (pid {pid}) is not listening; see its log")

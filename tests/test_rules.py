@@ -71,6 +71,10 @@ class Cluster:
     # node -> minute (after fault_start) its agent restarts: its reflector's counter
     # starts again from 0, and it answers no STAMP for 10 s
     restarts: dict[str, int] = field(default_factory=dict)
+    # node -> (minute down, minute back) after fault_start: its agent is gone that long
+    # (its reflector's series with it, while the node's kernel still answers echo),
+    # then starts afresh and answers no STAMP for 10 s more. Its own rows are kept.
+    agent_down: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -92,10 +96,14 @@ class Cluster:
                 labels = f'job="{self.job}",source_node="{source}",result="reflected"'
                 per_step = STEP_S * (len(self.nodes) - 1)
                 restart = self._restart_step(source)
+                gone = self._down_steps(source)
                 counts = [
-                    step * per_step if step < restart else (step - restart) * per_step
+                    ("stale" if step == gone.start else "_") if step in gone
+                    else (step - gone.stop) * per_step if gone and step >= gone.stop
+                    else step * per_step if step < restart
+                    else (step - restart) * per_step
                     for step in range(self.steps + 1)
-                ]
+                ]  # fmt: skip
                 out.append(
                     {
                         "series": f"kube_node_ping_stamp_reflector_packets_total{{{labels}}}",
@@ -131,6 +139,15 @@ class Cluster:
                 "values": " ".join(lag),
             },
         ]
+
+    def _down_steps(self, node: str) -> range:
+        """The steps ``node``'s agent is gone (empty: never)."""
+        if node not in self.agent_down:
+            return range(0)
+        down, back = self.agent_down[node]
+        return range(
+            (self.fault_start + down) * 60 // STEP_S, (self.fault_start + back) * 60 // STEP_S
+        )
 
     def _restart_step(self, node: str) -> int:
         minute = self.restarts.get(node)
@@ -194,6 +211,8 @@ class Cluster:
                 # a restarting destination answers no STAMP for 10 s of that step; a
                 # blip loses STAMP as it loses echo
                 down = 10 if step == self._restart_step(destination) else 0
+                crashed = self._down_steps(destination)
+                down += STEP_S if step in crashed else 10 if crashed and step == crashed.stop else 0
                 down += blips.get(step, 0)
                 # a starved agent's reflector answers half its STAMP packets too late
                 late = 0.5 if faulty and destination in self.skipped else 0.0
@@ -703,6 +722,24 @@ def test_a_rolling_restart_of_the_agents_is_no_udp_loss(tmp_path: Path) -> None:
         *(expect("node_ping:verdict:protocol_loss", at(FAULT + m)) for m in range(1, 10)),
     ]
     run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_an_agent_back_after_minutes_down_is_no_udp_loss(tmp_path: Path) -> None:
+    """d's agent is gone for 4 minutes (a crash loop), longer than the loss window, then
+    comes back: its reflector's series is new, the STAMP it missed is no UDP policy.
+    A UDP firewall at d from the start still is."""
+    cluster = Cluster(SIX, stamp=True, agent_down={"d": (1, 5)})
+    checks = [
+        *(firing([], at(FAULT + m)) for m in range(1, 12)),
+        *(expect("node_ping:verdict:protocol_loss", at(FAULT + m)) for m in range(1, 12)),
+    ]
+    udp = {(s, "d"): 0.5 for s in SIX if s != "d"}
+    firewalled = Cluster(SIX, stamp=True, agent_down={"d": (1, 5)}, udp_way_loss=udp)
+    expected = [("NodePingUDPLoss", {"node": "d", "protocol": "udp"})]
+    run_promtool(
+        tmp_path,
+        [case(cluster, checks), case(firewalled, [firing(expected, at(FAULT + 12))])],
+    )
 
 
 def test_ten_percent_link_loss_within_five_minutes(tmp_path: Path) -> None:
