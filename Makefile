@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
-.PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down demo bench accuracy \
+.PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down cluster \
+	cluster-down demo bench accuracy \
 	image sync-chart clean
 
 # The agent, and the lab as a distribution of its own (lab/pyproject.toml): two
@@ -31,7 +32,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml lab/pyp
 	scripts/build-controlplane.sh
 	touch $@
 
-deps: $(VENV)/.installed .cache/system-deps .cache/tools .cache/controlplane.stamp
+# containerd, pause and prometheus-operator for the lab's Kubernetes nodes (the
+# kubelet is built with the control plane), once per machine: about 5 minutes cold.
+.cache/nodes.stamp: scripts/build-nodes.sh controlplane/go.mod controlplane/operator/go.mod \
+		controlplane/operator/go.sum
+	scripts/build-nodes.sh
+	touch $@
+
+deps: $(VENV)/.installed .cache/system-deps .cache/tools .cache/controlplane.stamp .cache/nodes.stamp
 
 # The chart carries copies of rules/ and dashboards/ (Helm reads only its own files).
 sync-chart:
@@ -75,6 +83,17 @@ controlplane: deps
 
 controlplane-down: $(VENV)/.installed
 	$(PY) -m lab.controlplane down
+
+# Three lab nodes that are Kubernetes nodes (kubelet + containerd each), the chart's
+# DaemonSet on them, prometheus-operator and its Prometheus on node-1 (root; see
+# docs/cluster.md). `make cluster-down` removes it all.
+cluster: deps
+	$(PY) -m lab.controlplane --name cluster up
+	$(PY) -m lab.cli --name cluster up --nodes 3 --kubernetes cluster --kubelets
+
+cluster-down: $(VENV)/.installed
+	$(PY) -m lab.cli --name cluster down
+	$(PY) -m lab.controlplane --name cluster down
 
 # A 4-node lab with Prometheus, one fault, the loss matrix (root; about a minute).
 demo: deps

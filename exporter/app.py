@@ -91,6 +91,7 @@ class Agent:
             large=bool(settings.size_probe_interval),
         )
         self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
+        self.discovery_state = DiscoveryState(plan.discovery.value, me)
         self.reflector: Reflector | None = None
         stamp: StampSender | None = None
         if settings.stamp_port:
@@ -113,7 +114,6 @@ class Agent:
             ),
         )
         self.collector = AgentCollector(me, self.mode.value, self.table, self.supervisor)
-        self.discovery_state = DiscoveryState(plan.discovery.value, me)
         self.textfile: TextfileWriter | None = None
         self.http: HttpServer | None = None
 
@@ -128,7 +128,7 @@ class Agent:
     def ready(self) -> tuple[bool, str]:
         if self.shutting_down:
             return False, "shutting down"
-        if not self.discovery_state.synced_once:
+        if not self.discovery_state.synced.is_set():
             return False, f"waiting for {self.discovery_state.source} discovery"
         if len(self.table) and not self.prober.stats.probes_resolved:
             return False, "waiting for the first probe results"
@@ -169,7 +169,8 @@ class Agent:
                 f"{s.stamp_port}: {exc.strerror or errno.errorcode.get(exc.errno or 0)}"
             ) from None
         allowed = None if s.stamp_reflect_any else self.sink.knows
-        return Reflector(sockets, s.node_name, allowed, port=s.stamp_port)
+        known = None if s.stamp_reflect_any else self.discovery_state.synced
+        return Reflector(sockets, s.node_name, allowed, port=s.stamp_port, peers_known=known)
 
     def _http_server(self) -> HttpServer:
         s = self.settings
@@ -208,7 +209,7 @@ class Agent:
             writer = TextfileWriter(
                 s.textfile_path, exposition.render, s.textfile_interval, s.node_name
             )
-            writer.remove_stale()
+            writer.remove_own_files()
         except OSError as exc:  # e.g. a directory where our file should be
             raise ConfigError(
                 f"invalid setting 'textfile_dir' (--textfile-dir): cannot use "
@@ -259,7 +260,11 @@ class Agent:
         log.info("stopping")
         self.shutting_down = True
         await asyncio.sleep(DRAIN_SECONDS)
-        await supervisor.stop(SHUTDOWN_SECONDS)
+        # /metrics goes first, the reflector last: from the moment this agent stops
+        # answering STAMP, Prometheus's scrapes of it fail, so its series go stale
+        # instead of vouching for a reflector that no longer answers (the UDP loss
+        # its peers then see is no evidence, and the rules must see why).
+        await supervisor.stop(SHUTDOWN_SECONDS, first=[self.http] if self.http else [])
         if self.http is not None:
             self.http.close()
         if self.textfile is not None:

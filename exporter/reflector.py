@@ -71,12 +71,18 @@ class Reflector:
         node_name: str,
         allowed: Callable[[str], bool] | None = None,
         port: int = 0,
+        peers_known: asyncio.Event | None = None,
         time_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sockets = sockets
         self.node_name = node_name
         self.allowed = allowed  # None: every source
+        # Nothing is read before this is set (the first discovery sync): until then
+        # every source is unknown, and a packet waiting in the socket's buffer is
+        # answered late where it would have been refused (a restarted agent's
+        # peers saw UDP loss).
+        self.peers_known = peers_known
         self.port = port  # the reflector's own: packets from it are never answered
         self._second = 0  # the monotonic second being counted, and replies in it
         self._replies_this_second = 0
@@ -92,6 +98,8 @@ class Reflector:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.peers_known is not None:
+            await self.peers_known.wait()
         for sock in self.sockets.values():
             loop.add_reader(sock.fileno(), self.read, sock)
         try:

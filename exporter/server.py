@@ -14,6 +14,7 @@ cause any number of them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import io
@@ -429,7 +430,11 @@ class HttpServer:
         self.authorizer = authorizer
 
     async def run(self) -> None:
-        await in_thread(self.server.serve_forever, self.server.shutdown)
+        try:
+            await in_thread(self.server.serve_forever, self.server.shutdown)
+        except asyncio.CancelledError:
+            self.close()  # stopping: new connections are refused at once, not queued
+            raise
         raise RuntimeError("the HTTP server stopped serving")
 
     def collect(self) -> Iterator[Metric]:

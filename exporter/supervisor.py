@@ -112,16 +112,25 @@ class Supervisor:
             await self.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max)
 
-    async def stop(self, timeout: float) -> bool:
-        """Cancel every component; True when all ended within ``timeout`` seconds."""
-        for task in self._tasks:
-            task.cancel()
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+    async def stop(self, timeout: float, first: Iterable[Component] = ()) -> bool:
+        """Cancel every component, those in ``first`` before the others have been
+        cancelled; True when all ended within ``timeout`` seconds in all."""
+        names = {component.name for component in first}
+        leading = [task for task in self._tasks if task.get_name() in names]
+        rest = [task for task in self._tasks if task not in leading]
+        deadline = self.clock() + timeout
+        pending = await self._cancel(leading, timeout) if leading else set()
+        if rest:
+            pending |= await self._cancel(rest, max(deadline - self.clock(), 0.0))
         for task in pending:
             log.error("component did not stop in time", extra={"component": task.get_name()})
         return not pending
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
+        for task in tasks:
+            task.cancel()
+        return (await asyncio.wait(tasks, timeout=timeout))[1]
 
     def collect(self) -> Iterator[Metric]:
         me = self.node_name

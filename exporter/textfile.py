@@ -4,7 +4,8 @@ The file is ``<dir>/<prefix><node>.prom``, rewritten atomically: the text goes
 to a hidden temporary file in the same directory (node-exporter reads only
 ``*.prom``), then ``rename`` replaces the old file in one step, so a reader sees
 the old file or the new one, never half of one. Only this node's own file is
-ever removed; the directory is shared with other exporters.
+ever removed (at start, a killed agent's; at a graceful stop, its own); the
+directory is shared with other exporters.
 
 The directory is shared and the agent may run as root (raw ICMP mode), so it is
 opened once and every file operation is relative to that descriptor; the
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,18 +65,31 @@ class TextfileWriter:
         self._dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._changed = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
+        self._file_lock = threading.Lock()  # a write (in its thread) or the close
+        self._closed = False
 
     def close(self) -> None:
-        if self._writing is not None and not self._writing.done():
-            return  # a write still running uses the descriptor: the exit closes it
-        os.close(self._dir_fd)
+        """A graceful stop takes this node's file with it: after an uninstall (or a
+        node's agent removed) node-exporter must not go on serving frozen series. A
+        write still running is waited for (a moment) so that its rename cannot put
+        the file back; a write hung that long leaves it to the exit."""
+        if not self._file_lock.acquire(timeout=WRITE_FINISH_SECONDS):
+            return
+        try:
+            if not self._closed:
+                self._closed = True
+                self.remove_own_files()
+                os.close(self._dir_fd)
+        finally:
+            self._file_lock.release()
 
     def _is_our_temporary(self, name: str) -> bool:
         return name.startswith(f".{self.path.name}.") and name.endswith(".tmp")
 
-    def remove_stale(self) -> None:
-        """At start: drop this node's file and temporary files left by an earlier run
-        (a killed agent can leave one behind); nothing else in the shared directory."""
+    def remove_own_files(self) -> None:
+        """This node's file and its temporary files, nothing else in the shared
+        directory: at start, what an earlier run left (a killed agent can leave one
+        behind); at a graceful stop, its own."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path.name, dir_fd=self._dir_fd)
         for name in os.listdir(self._dir_fd):
@@ -92,7 +107,11 @@ class TextfileWriter:
         raise FileExistsError(f"no free temporary name in {self.path.parent}")
 
     def write(self) -> None:
-        data, _ = self.render("")  # Prometheus text format
+        with self._file_lock:
+            if not self._closed:
+                self._replace(self.render("")[0])  # Prometheus text format
+
+    def _replace(self, data: bytes) -> None:
         fd, name = self._create_temporary()
         try:
             with os.fdopen(fd, "wb") as f:
@@ -121,8 +140,8 @@ class TextfileWriter:
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
-            # Stopping: let the write in progress finish, so the file left behind is
-            # the last complete state and the directory descriptor is still open.
+            # Stopping: let the write in progress finish before close() removes the
+            # file (or, when the agent is killed next, it is the last complete state).
             await asyncio.wait([write], timeout=WRITE_FINISH_SECONDS)
             raise
         except OSError as exc:

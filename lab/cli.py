@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`node-ping-controlplane up` (its name; default: default)",
     )
     up.add_argument(
+        "--kubelets",
+        action="store_true",
+        help="make the nodes Kubernetes nodes (containerd and a kubelet each) and run "
+        "the agents as the chart's DaemonSet pods; needs --kubernetes",
+    )
+    up.add_argument(
         "--fast-alerts",
         action="store_true",
         help="load the alert rules with 30 s windows and 20 s `for`",
@@ -310,6 +316,7 @@ def run(args: argparse.Namespace) -> None:
                 prometheus=not args.no_prometheus,
                 fast_alerts=args.fast_alerts,
                 kubernetes=args.kubernetes,
+                kubelets=args.kubelets,
             )
         )
         print(lab.status())
@@ -331,6 +338,11 @@ def run(args: argparse.Namespace) -> None:
             print(f"applied: {fault.describe()}, flapping every {timer.seconds:g}s")
     elif args.command == "clear":
         lab.faults.clear(node=args.node)
+    elif args.command in ("peers", "agent") and lab.workdir.load().config.kubelets:
+        raise LabError(
+            f"'{args.command}' is for the lab's own agents; on Kubernetes nodes the kubelets "
+            "run them and the Node objects are the nodes' own (use kubectl or helm)"
+        )
     elif args.command == "peers":
         (lab.remove_peer if args.action == "remove" else lab.add_peer)(args.node)
     elif args.command == "agent":

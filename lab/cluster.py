@@ -17,7 +17,10 @@ and brings them up and down in order. Its state lives in ``<workdir>/state.json`
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Callable
 
 from .agents import Agents
 from .cpu import CpuCgroups, labs_with_cgroups
@@ -25,6 +28,7 @@ from .faults import Faults
 from .kubenodes import CHART_NAMESPACE, KubernetesDiscovery, delete_node
 from .netns import can_create_namespaces
 from .network import Network, labs_with_namespaces
+from .operator import Operator
 from .process import alive
 from .prometheus import PROMETHEUS, HubPrometheus
 from .state import LABS_DIR, LabConfig, LabError, LabState, Workdir
@@ -42,6 +46,7 @@ class Lab:
         self.faults = Faults(self.workdir, self.network, self.cpu)
         self.prometheus = HubPrometheus(self.workdir, self.network)
         self.kubernetes = KubernetesDiscovery(self.workdir, self.network)
+        self.operator = Operator(self.workdir, self.kubernetes)
 
     @property
     def config(self) -> LabConfig:
@@ -53,6 +58,8 @@ class Lab:
         ok, why = can_create_namespaces()
         if not ok:
             raise LabError(why)
+        if config.kubelets and not config.kubernetes:
+            raise LabError("--kubelets needs a control plane (--kubernetes)")
         if config.nodes < 2 or config.nodes > 200:
             raise LabError(f"--nodes must be between 2 and 200 (got {config.nodes})")
         if not 0 <= config.zones <= min(config.nodes, 26):
@@ -65,6 +72,9 @@ class Lab:
         self.workdir.save(state)
         try:
             self.network.build(config.node_names(), config.dual_stack)
+            if config.kubelets:
+                self._up_on_kubelets(state)
+                return
             self.agents.write_peers(state)
             if config.kubernetes:
                 self.kubernetes.setup(state)
@@ -76,20 +86,44 @@ class Lab:
                 self.workdir.save(state)
             self.wait_ready()
         except BaseException:
+            try:
+                self.workdir.keep_logs()
+            except Exception as exc:  # the logs are a help; the teardown is a must
+                _say(f"keeping the logs failed: {type(exc).__name__}: {exc}")
             self.down()
             raise
+
+    def _up_on_kubelets(self, state: LabState) -> None:
+        """Kubernetes nodes; prometheus-operator and its Prometheus on the first node (if
+        the lab has Prometheus); the chart, its monitors and rules labelled for it."""
+        port = self.kubernetes.setup_kubelets(state)
+        self.workdir.save(state)
+        plane = self.kubernetes.control_plane(state)
+        if state.config.prometheus:
+            node = state.config.node_names()[0]
+            pid = self.operator.start(state, port, node, state.config.scrape_interval)
+            state.services["prometheus-operator"] = pid
+            self.workdir.save(state)
+        self.kubernetes.install_chart(plane, *self.kubernetes.chart_values(state))
+        self.kubernetes.wait_pods_ready(state)
+        if state.config.prometheus:
+            self.operator.wait_ready(state)
 
     def down(self) -> None:
         """Remove everything this lab made: processes, namespaces, files. Idempotent."""
         pids: set[int] = set()
+        state = None
         if self.workdir.exists():
-            try:
+            with contextlib.suppress(LabError, ValueError, TypeError, KeyError):
                 state = self.workdir.load()
-                if state.config.kubernetes:
-                    self.kubernetes.teardown(state)
-                pids = state.pids()
-            except (LabError, ValueError, TypeError, KeyError):
-                pass
+        if state is not None:
+            # Each step whatever the one before did: a failed one is one line, and the
+            # processes, namespaces and files below still go.
+            if state.config.kubelets and state.config.prometheus:
+                _step("the operator", self.operator.teardown, state)
+            if state.config.kubernetes:
+                _step("the Kubernetes nodes and objects", self.kubernetes.teardown, state)
+            pids = state.pids()
         self.network.remove(pids)
         self.cpu.remove()  # after the agents in them are gone
         self.workdir.remove()
@@ -180,3 +214,14 @@ def all_labs() -> list[str]:
     half-gone."""
     names = {p.name for p in LABS_DIR.iterdir()} if LABS_DIR.is_dir() else set()
     return sorted(names | labs_with_namespaces() | labs_with_cgroups())
+
+
+def _say(line: str) -> None:
+    print(f"node-ping-lab: {line}", file=sys.stderr)
+
+
+def _step(what: str, teardown: Callable[[LabState], None], state: LabState) -> None:
+    try:
+        teardown(state)
+    except Exception as exc:
+        _say(f"cleaning up {what} failed: {type(exc).__name__}: {exc}")

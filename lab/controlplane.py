@@ -47,7 +47,7 @@ LAB_PORT = 6443
 # Service IPs are never routed here; they come from the benchmark range anyway.
 SERVICE_RANGE, SERVICE_IP = "198.19.0.0/24", "198.19.0.1"
 ISSUER = "https://kubernetes.default.svc"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
 class ControlPlaneError(Exception):
@@ -64,7 +64,7 @@ def unavailable() -> str | None:
 
 
 def _built() -> bool:
-    return all((BINARIES / name).is_file() for name in (*COMPONENTS, "etcdctl"))
+    return all((BINARIES / name).is_file() for name in (*COMPONENTS, "etcdctl", "kubelet"))
 
 
 def build() -> Path:
@@ -91,6 +91,7 @@ class Ports:
     etcd_peer: int = field(default_factory=free_port)
     apiserver: int = field(default_factory=free_port)
     controller_manager: int = field(default_factory=free_port)
+    scheduler: int = field(default_factory=free_port)
 
 
 class ControlPlane:
@@ -172,9 +173,21 @@ class ControlPlane:
             "etcd": self._etcd_args,
             "kube-apiserver": self._apiserver_args,
             "kube-controller-manager": self._controller_manager_args,
+            "kube-scheduler": self._scheduler_args,
         }[component]()
         state["pids"][component] = spawn(args, self.logs / f"{component}.log")
         self._save(state)
+
+    def ensure(self, component: str) -> None:
+        """Start the component unless it runs (the scheduler: only labs with kubelets
+        need pods bound to nodes)."""
+        if component == "kube-scheduler" and "scheduler" not in self._tokens():
+            raise ControlPlaneError(
+                f"control plane '{self.name}' was made by an older version, without what "
+                f"Kubernetes nodes need: node-ping-controlplane --name {self.name} up"
+            )
+        if not self.running(component):
+            self.start(component)
 
     def stop(self, component: str) -> None:
         state = self._load()
@@ -223,7 +236,9 @@ class ControlPlane:
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            # As kubeadm sets it up: kubelets authorized as their own node only.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -241,13 +256,33 @@ class ControlPlane:
             str(BINARIES / "kube-controller-manager"),
             f"--kubeconfig={kubeconfig}",
             # What a DaemonSet and `helm uninstall` need: pods per node, owned
-            # objects collected, namespaces finalized, default service accounts.
-            "--controllers=daemonset,garbagecollector,namespace,serviceaccount",
+            # objects collected, namespaces finalized, default service accounts;
+            # what pods on real kubelets need: the CA in every namespace (service
+            # account volumes), endpoints for the monitors' Services, and the
+            # StatefulSet prometheus-operator makes for its Prometheus; pods of
+            # deleted nodes removed.
+            "--controllers=daemonset,garbagecollector,namespace,serviceaccount,"
+            "root-ca-cert-publisher,endpoint,endpointslice,statefulset,podgc",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             f"--secure-port={self.ports.controller_manager}",
             f"--cert-dir={self.dir / 'controller-manager'}",
             f"--root-ca-file={self.pki / 'ca.crt'}",
+            "--v=1",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        kubeconfig = self.dir / "scheduler.kubeconfig"
+        self._write_kubeconfig(kubeconfig, self.server, self._tokens()["scheduler"])
+        return [
+            str(BINARIES / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.scheduler}",
+            f"--cert-dir={self.dir / 'scheduler'}",
             "--v=1",
         ]
 
@@ -279,7 +314,8 @@ class ControlPlane:
                 "-extfile", "apiserver.ext")  # fmt: skip
         openssl("genrsa", "-out", "sa.key", "2048")
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-        tokens = {"admin": secrets.token_hex(16), "controller-manager": secrets.token_hex(16)}
+        users = ("admin", "controller-manager", "scheduler")
+        tokens = {user: secrets.token_hex(16) for user in users}
         (pki / "tokens.json").write_text(json.dumps(tokens))
         (pki / "tokens.csv").write_text(
             f'{tokens["admin"]},admin,admin,"system:masters"\n'
@@ -287,9 +323,40 @@ class ControlPlane:
             # (no per-controller service accounts): it needs to be a superuser.
             f"{tokens['controller-manager']},system:kube-controller-manager,"
             'kube-controller-manager,"system:masters"\n'
+            # The scheduler has its own roles in the bootstrap RBAC policy.
+            f"{tokens['scheduler']},system:kube-scheduler,kube-scheduler\n"
         )
         for path in pki.iterdir():
             path.chmod(0o600)
+
+    def node_credentials(self, node: str, directory: Path) -> tuple[Path, Path]:
+        """A client certificate for the node's kubelet, as kubeadm issues it: CN
+        ``system:node:<node>`` in group ``system:nodes`` (what the Node authorizer and
+        NodeRestriction go by), signed by the cluster CA. Its (certificate, key)."""
+        cert, key, request = (directory / f"{node}.{ext}" for ext in ("crt", "key", "csr"))
+        ext = directory / f"{node}.ext"
+        ext.write_text(
+            "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+            "basicConstraints=critical,CA:FALSE\n"
+        )
+        for args in (
+            ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(key), "-out", str(request),
+             "-subj", f"/O=system:nodes/CN=system:node:{node}"],
+            ["x509", "-req", "-in", str(request), "-CA", str(self.pki / "ca.crt"),
+             "-CAkey", str(self.pki / "ca.key"), "-CAcreateserial", "-days", "30",
+             "-out", str(cert), "-extfile", str(ext)],
+        ):  # fmt: skip
+            result = subprocess.run(["openssl", *args], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ControlPlaneError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+        key.chmod(0o600)
+        return cert, key
+
+    def write_client_kubeconfig(self, path: Path, server: str, cert: Path, key: Path) -> None:
+        """A kubeconfig that authenticates with a client certificate (a kubelet's)."""
+        write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), "", self.name,
+                         client=(cert, key))  # fmt: skip
 
     def _tokens(self) -> dict[str, str]:
         return dict(json.loads((self.pki / "tokens.json").read_text()))
@@ -403,9 +470,22 @@ class ControlPlane:
         return "\n".join(lines)
 
 
-def write_kubeconfig(path: Path, server: str, ca_pem: str, token: str, name: str) -> None:
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca_pem: str,
+    token: str,
+    name: str,
+    client: tuple[Path, Path] | None = None,
+) -> None:
+    """A kubeconfig for ``server``: a bearer token, or a client certificate and key."""
     import base64
 
+    user = (
+        {"client-certificate": str(client[0]), "client-key": str(client[1])}
+        if client
+        else {"token": token}
+    )
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -418,7 +498,7 @@ def write_kubeconfig(path: Path, server: str, ca_pem: str, token: str, name: str
                 },
             }
         ],
-        "users": [{"name": name, "user": {"token": token}}],
+        "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,
     }

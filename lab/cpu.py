@@ -101,7 +101,7 @@ class CpuCgroups:
         mine = re.compile(rf"npelab-{re.escape(self.lab)}-node-\d+")
         for path in found[0].iterdir():
             if path.is_dir() and mine.fullmatch(path.name):
-                _rmdir(path)
+                remove_cgroup(path)
 
     def _version(self) -> int:
         found = self.hierarchy()
@@ -137,8 +137,17 @@ def labs_with_cgroups() -> set[str]:
     return {m.group(1) for p in found[0].iterdir() if (m := pattern.fullmatch(p.name))}
 
 
-def _rmdir(path: Path, timeout: float = 2.0) -> None:
-    """Remove an empty cgroup; a process still exiting keeps it busy for a moment."""
+def remove_cgroup(path: Path, timeout: float = 2.0) -> None:
+    """Remove a cgroup and those below it, deepest first (rmdir is how); a process
+    still exiting keeps one busy for a moment."""
+    if path.is_dir():
+        for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
+            remove_cgroup(child, timeout)
+    _rmdir(path, timeout)
+
+
+def _rmdir(path: Path, timeout: float) -> None:
+    """Remove an empty cgroup, waiting up to ``timeout`` while it is busy."""
     deadline = time.monotonic() + timeout
     while True:
         try:

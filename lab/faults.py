@@ -371,14 +371,15 @@ class Faults:
                     command.append("-ipv6")
                 pid = self.workdir.spawn(ns.cmd(*command), f"responder-{node}.log")
                 state.responders[node] = pid
-                _wait_listening(pid, sockets=2 if config.dual_stack else 1)
+                _wait_listening(pid, command[0], sockets=2 if config.dual_stack else 1)
                 for key, off in echo_off:
                     ns.sysctl(key, off)
 
 
-def _wait_listening(pid: int, sockets: int, timeout: float = 10) -> None:
-    """Until the responder ``pid`` holds its raw sockets (it reads requests from then on,
-    whether the kernel answers them or not); a LabError if it exits or takes too long."""
+def _wait_listening(pid: int, binary: str, sockets: int, timeout: float = 10) -> None:
+    """Until the responder ``pid`` (running ``binary``) holds its raw sockets (it reads
+    requests from then on, whether the kernel answers them or not); a LabError if it
+    exits or takes too long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:  # the responder's own descriptors: `ip netns exec` has exec'd it
@@ -387,10 +388,7 @@ def _wait_listening(pid: int, sockets: int, timeout: float = 10) -> None:
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
         except OSError:
             exe, links = "", []  # not started yet, or a descriptor closed meanwhile
-        if (
-            exe == str(ensure_responder())
-            and sum(x.startswith("socket:") for x in links) >= sockets
-        ):
+        if exe == binary and sum(x.startswith("socket:") for x in links) >= sockets:
             return
         if not alive(pid):
             break

@@ -50,6 +50,12 @@ def fast_rules(output: str) -> str:
     return re.sub(r"^(\s+)for: \S+$", rf"\1for: {FAST_FOR}", text, flags=re.M)
 
 
+def fast_alert_overrides() -> dict[str, dict[str, str]]:
+    """Every alert's `for` at FAST_FOR, as the chart's ``prometheusRule.alerts`` sets it."""
+    names = re.findall(r"^\s+- alert: (\S+)$", rules.render({}), flags=re.M)
+    return {name: {"for": FAST_FOR} for name in names}
+
+
 @dataclass(frozen=True)
 class HubPrometheus:
     """Start the lab's Prometheus and node-exporter, and query them."""
@@ -130,8 +136,16 @@ class HubPrometheus:
         (self.workdir.path / "node-ping.rules.yml").write_text(text)
         os.kill(state.services["prometheus"], signal.SIGHUP)
 
+    def address(self) -> str:
+        """Where the lab's Prometheus answers, seen from the hub: on the hub's loopback, or
+        on a lab of Kubernetes nodes the operator's, on the first node's address."""
+        config = self.workdir.load().config
+        if config.kubelets:
+            return f"{config.addresses(config.node_names()[0])[0]}:9090"
+        return PROMETHEUS
+
     def ready_urls(self) -> set[str]:
-        return {f"http://{PROMETHEUS}/-/ready", f"http://{NODE_EXPORTER}/metrics"}
+        return {f"http://{self.address()}/-/ready", f"http://{NODE_EXPORTER}/metrics"}
 
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """A PromQL instant query against the lab's Prometheus; the result vector.
@@ -139,7 +153,7 @@ class HubPrometheus:
         POSTed, the expression on curl's stdin: diagnose's inline rules are far
         longer than a URL or a command-line argument may be."""
         form = urlencode({"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})})
-        url = f"http://{PROMETHEUS}/api/v1/query"
+        url = f"http://{self.address()}/api/v1/query"
         out = self.network.hub.run(
             "curl", "-s", "-m", "60", "--data-binary", "@-", "-w", "\n%{http_code}", url,
             check=False, input=form,
@@ -152,7 +166,7 @@ class HubPrometheus:
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Prometheus holds now (pending and firing), with their annotations."""
-        status, body = self.network.http_get(f"http://{PROMETHEUS}/api/v1/alerts")
+        status, body = self.network.http_get(f"http://{self.address()}/api/v1/alerts")
         data = json.loads(body) if body.startswith("{") else {}
         if status != 200 or data.get("status") != "success":
             raise LabError(f"alerts failed ({status}): {body[:200]}")

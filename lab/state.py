@@ -10,10 +10,14 @@ through one :class:`Workdir`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import os
 import shutil
+import stat
 import string
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -52,6 +56,11 @@ class LabConfig:
     # The lab installs the chart there, registers a Node per node and the agents
     # list/watch them with the chart's service account. Empty: a peers file.
     kubernetes: str = ""
+    # The nodes are Kubernetes nodes (lab/kubelet.py): containerd and a kubelet in
+    # each, the chart's DaemonSet runs the agents as pods. Needs `kubernetes`.
+    kubelets: bool = False
+    # More helm arguments for the chart on Kubernetes nodes (--set icmp.mode=raw, …).
+    chart_values: list[str] = field(default_factory=list)
     # Zones (0: none): the nodes split into this many contiguous blocks, zone-a,
     # zone-b, …; the peers file and the Node objects carry each node's zone.
     zones: int = 0
@@ -170,6 +179,26 @@ class Workdir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def keep_logs(self) -> None:
+        """Copy the logs to ``/tmp/node-ping-lab-logs/<name>`` (a failed ``up`` removes
+        the workdir), replacing an earlier copy, and say where they are."""
+        parent = LABS_DIR.parent / "node-ping-lab-logs"
+        with contextlib.suppress(FileExistsError):
+            parent.mkdir(mode=0o700)
+        owner = parent.lstat()
+        if not stat.S_ISDIR(owner.st_mode) or owner.st_uid != os.geteuid():
+            raise LabError(f"{parent} is not a directory of this user's: logs not kept")
+        kept = parent / self.name
+        shutil.rmtree(kept, ignore_errors=True)
+        if self.logs.is_dir():
+            shutil.copytree(self.logs, kept, symlinks=True)
+            # Kubernetes nodes: the containers' logs too (lab/kubelet.py's pod-logs).
+            for pod_logs in (self.path / "nodes").glob("*/pod-logs"):
+                shutil.copytree(pod_logs, kept / "pods" / pod_logs.parent.name, symlinks=True)
+            print(
+                f"node-ping-lab: '{self.name}' did not come up; its logs: {kept}", file=sys.stderr
+            )
 
     def exists(self) -> bool:
         return self.state_file.exists()

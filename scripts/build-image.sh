@@ -16,6 +16,16 @@ BASE_TAR=$CACHE/debian-bookworm-minbase.tar
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 buildah() { command buildah --storage-driver vfs "$@"; }
 
+# What the image is built from, as one digest (labelled on the image): the lab
+# rebuilds an image whose label differs from the tree's (`--source-digest` prints it).
+source_digest() {
+  find Dockerfile requirements.txt pyproject.toml README.md exporter scripts/build-image.sh -type f \
+    ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
+    | sha256sum | cut -c1-16
+}
+if [ "${1:-}" = "--source-digest" ]; then source_digest; exit 0; fi
+DIGEST=$(source_digest)
+
 for tool in buildah debootstrap; do
   command -v "$tool" >/dev/null || { echo "build-image: '$tool' is not installed (apt-get install $tool)" >&2; exit 1; }
 done
@@ -50,11 +60,15 @@ fi
 
 echo "building $IMAGE from $BASE"
 buildah bud --quiet --isolation chroot --layers=false --build-arg "BASE_IMAGE=$BASE" \
-  --build-arg "VERSION=$VERSION" "${ca_args[@]}" -t "$IMAGE" -f Dockerfile . >/dev/null
+  --build-arg "VERSION=$VERSION" --label "io.node-ping-exporter.source-digest=$DIGEST" \
+  "${ca_args[@]}" -t "$IMAGE" -f Dockerfile . >/dev/null
 
 # Inside the image: the version, a valid configuration, and a bad one refused.
+# A check that fails takes the image with it: its source-digest label must not let
+# the lab take it for a good build of this tree.
 ctr=$(buildah from "$IMAGE")
-trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+trap 'status=$?; buildah rm "$ctr" >/dev/null 2>&1 || true
+  [ "$status" -eq 0 ] || buildah rmi -f "$IMAGE" >/dev/null 2>&1 || true' EXIT
 run() { buildah run --isolation chroot "$ctr" -- "$@"; }
 run node-ping-exporter --version
 run node-ping-exporter --check-config --node-name image-check --peer a=10.0.0.1 --peer b=fd00::2

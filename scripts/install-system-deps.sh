@@ -7,9 +7,14 @@ set -euo pipefail
 need=()
 for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux \
   prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter \
-  buildah:buildah debootstrap:debootstrap openssl:openssl; do
+  buildah:buildah debootstrap:debootstrap openssl:openssl runc:runc docker-registry:docker-registry \
+  gcc:gcc nsenter:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+# The lab's Kubernetes nodes: CNI plugins (containerd's loopback network) and a static
+# libc for the pause binary (scripts/build-nodes.sh).
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

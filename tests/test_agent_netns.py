@@ -212,16 +212,16 @@ def test_textfile_is_atomic_and_only_our_file_is_touched(
         reads += 1
     assert reads > 10 and len(sizes) > 3  # the file really changed under the reader
     assert theirs.read_text() == "other_metric 1\n"
-    assert agent.stop() == 0
-    assert sorted(p.name for p in textfiles.iterdir()) == [
-        "node-ping_agent.prom",
-        "other-exporter.prom",
-    ]
+    assert agent.stop() == 0  # a graceful stop takes our file (and temporaries) with it
+    assert sorted(p.name for p in textfiles.iterdir()) == ["other-exporter.prom"]
+    assert theirs.read_text() == "other_metric 1\n"
 
 
-def test_sigterm_stops_within_2s_and_finishes_the_textfile(
+def test_sigterm_stops_within_2s_and_takes_its_textfile(
     agent_factory: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
+    """A complete file while it runs; none once stopped (node-exporter must not serve
+    an uninstalled agent's series frozen)."""
     agent = agent_factory(
         "--peer",
         f"a={target_v4(1)}",
@@ -233,13 +233,15 @@ def test_sigterm_stops_within_2s_and_finishes_the_textfile(
         "0.1",
     )
     agent.wait_ready()
+    textfile = tmp_path / "node-ping_agent.prom"
+    wait_for(textfile.exists, 5, "the textfile")
+    assert value(parse_metrics(textfile.read_text()), "kube_node_ping_build_info") == 1
     started = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
     code = agent.proc.wait(timeout=5)
     took = time.monotonic() - started
     assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s: {agent.output()}"
-    samples = parse_metrics((tmp_path / "node-ping_agent.prom").read_text())
-    assert value(samples, "kube_node_ping_build_info") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 # Polls /readyz as fast as it can from the agent's namespace: one word per answer.

@@ -834,6 +834,20 @@ BAD_HOST_PATHS = [
 
 # The rules across metrics.* values (npe.checkMetrics): values -> the message.
 CROSS_VALUE_RULES: list[tuple[list[str], str]] = [
+    # prometheus-operator skips a monitor whose timeout exceeds its interval (found by
+    # running it: tests/test_kubelet_cluster.py): nothing would be scraped.
+    (
+        sets(
+            "serviceMonitor.enabled=true",
+            "serviceMonitor.interval=5s",
+            "serviceMonitor.scrapeTimeout=10s",
+        ),
+        "serviceMonitor.scrapeTimeout: 10s is longer than serviceMonitor.interval (5s)",
+    ),
+    (
+        sets("podMonitor.enabled=true", "podMonitor.interval=1m", "podMonitor.scrapeTimeout=1m30s"),
+        "podMonitor.scrapeTimeout: 1m30s is longer than podMonitor.interval (1m)",
+    ),
     (sets("metrics.tls.enabled=true"), "metrics.tls.enabled=true needs metrics.tls.secretName"),
     (
         sets("metrics.auth.kubernetes=true"),

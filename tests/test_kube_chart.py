@@ -8,7 +8,6 @@ Pods stay Pending: there is no kubelet. Everything else is the real thing.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import yaml
 
 from lab.controlplane import ControlPlane, write_kubeconfig
 from lab.kubenodes import create_node, delete_node
+from lab.operator import install_crds
 
 from .conftest import ROOT, wait_for
 
@@ -54,32 +54,9 @@ EVERYTHING_ON = [
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> ControlPlane:
     """The session's control plane with the Prometheus Operator CRDs established."""
-    from kubernetes import client
-
     if not CRDS.is_dir():
         pytest.skip(f"{CRDS} is missing (the prometheus-operator CRDs)")
-    api: Any = client.ApiextensionsV1Api(control_plane.api_client())
-    names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        names.append(body["metadata"]["name"])
-        try:
-            api.create_custom_resource_definition(body, _preload_content=False)
-        except client.exceptions.ApiException as exc:
-            if exc.status != 409:  # already there: another module applied them
-                raise
-
-    def established() -> bool:
-        for name in names:
-            crd: dict[str, Any] = json.loads(
-                api.read_custom_resource_definition(name, _preload_content=False).data
-            )
-            conditions = crd.get("status", {}).get("conditions") or []
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                return False
-        return True
-
-    wait_for(established, 30, "CRDs established")
+    install_crds(control_plane, CRDS, timeout=30)
     return control_plane
 
 
@@ -105,6 +82,11 @@ def exists(plane: ControlPlane, api_version: str, kind: str, name: str) -> bool:
     return True
 
 
+# What the controller manager puts in every namespace: its service account, and the
+# cluster's CA bundle (root-ca-cert-publisher, which pods on real kubelets need).
+NAMESPACE_DEFAULTS = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
+
+
 def leftovers(plane: ControlPlane, release: str) -> list[str]:
     """Anything in the namespace but its defaults, and any cluster object of the release:
     every listable kind the API server serves, not only those the chart names."""
@@ -126,7 +108,7 @@ def leftovers(plane: ControlPlane, release: str) -> list[str]:
             continue
         for item in items:
             name = item.metadata.name
-            if (resource.kind, name) in {("ServiceAccount", "default")}:
+            if (resource.kind, name) in NAMESPACE_DEFAULTS:
                 continue
             found.append(f"{resource.kind}/{name}")
     return sorted(set(found))

@@ -526,3 +526,18 @@ def test_tls_connections_are_evicted_too(serve: Start, tmp_path: Path) -> None:
     assert time.monotonic() - began < 1.0
     for sock in idle:
         sock.close()
+
+
+def test_closing_ends_a_kept_alive_scrape_connection_at_once(serve: Start) -> None:
+    """The agent closes /metrics first when it stops (on the event loop): a scrape
+    connection kept alive must not hold that close for the connection's timeout."""
+    server = serve()
+    client = connect(server)
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert client.recv(65536).startswith(b"HTTP/1.1 200")  # answered, kept alive
+    server.shutdown()
+    began = time.monotonic()
+    server.server_close()
+    assert time.monotonic() - began < 1.0
+    assert client.recv(1) == b""  # the server ended the connection
+    client.close()

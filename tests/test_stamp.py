@@ -281,6 +281,30 @@ def test_the_reflector_answers_only_known_nodes_and_counts_the_rest(
     assert counts["unknown_source"] == 1 and counts["malformed"] == 1 and counts["reflected"] == 0
 
 
+def test_before_the_first_discovery_sync_packets_wait_to_be_answered_not_refused() -> None:
+    """A restarted agent knows no node until its discovery syncs: what its peers
+    send meanwhile waits in the socket and is answered then, instead of refused
+    (which its peers counted as UDP loss)."""
+    nodes: set[str] = set()
+    synced = asyncio.Event()
+    sock = open_reflector_socket(4, 0)
+    running = Running(Reflector({4: sock}, "me", allowed=nodes.__contains__, peers_known=synced))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    try:
+        port = sock.getsockname()[1]
+        assert exchange(running, peer, port, [pack_sender(0, 0, 1), pack_sender(1, 0, 1)]) == []
+        assert running.reflector.counts["unknown_source"] == 0
+        nodes.add("127.0.0.1")
+        synced.set()
+        replies = exchange(running, peer, port, [])
+        assert [unpack_reflector(r).sender_sequence for r in replies] == [0, 1]  # type: ignore[union-attr]
+        assert running.reflector.counts["reflected"] == 2
+    finally:
+        peer.close()
+        running.close()
+
+
 def test_the_reflector_never_answers_its_own_port_and_bounds_its_replies(
     reflector: tuple[Running, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

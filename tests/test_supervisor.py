@@ -140,3 +140,43 @@ def test_stop_is_bounded_even_for_a_part_that_ignores_it() -> None:
 
     stopped, took = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert not stopped and took < 0.5
+
+
+def test_stop_ends_the_parts_named_first_before_cancelling_the_others() -> None:
+    """The agent stops serving /metrics before its reflector stops answering."""
+    ended: list[str] = []
+
+    class Noting(Part):
+        async def run(self) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await asyncio.sleep(0.01)  # winding down takes a moment
+                ended.append(self.name)
+
+    async def scenario() -> bool:
+        supervisor = Supervisor("me")
+        http, reflector = Noting("http", 0), Noting("reflector", 0)
+        supervisor.start(reflector)
+        supervisor.start(http)
+        await asyncio.sleep(0.01)
+        return await supervisor.stop(1.0, first=[http])
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert ended == ["http", "reflector"]
+
+
+def test_stop_with_parts_first_is_bounded_by_one_timeout_in_all() -> None:
+    async def scenario() -> tuple[bool, float]:
+        supervisor = Supervisor("me")
+        first = Stubborn("http", failures=0)
+        supervisor.start(first)
+        supervisor.start(Stubborn("reflector", failures=0))
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        stopped = await supervisor.stop(0.3, first=[first])
+        return stopped, loop.time() - began
+
+    stopped, took = asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert not stopped and took < 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,46 @@ def test_start_removes_only_this_nodes_files_and_follows_no_link(
     for name in keep:
         (directory / name).write_text("other")
     w = writer(directory)
-    w.remove_stale()
+    w.remove_own_files()
     assert untouched(victim)
     assert sorted(p.name for p in directory.iterdir()) == sorted(keep)
+
+
+def test_a_graceful_stop_takes_this_nodes_file_and_nothing_else(tmp_path: Path) -> None:
+    """After an uninstall node-exporter serves no frozen series: the file goes with the
+    agent; other exporters' files stay."""
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    (directory / "node_exporter.prom").write_text("other")
+    w = writer(directory)
+    w.write()
+    assert (directory / "node-ping_node-1.prom").read_bytes() == BODY
+    w.close()
+    assert [p.name for p in directory.iterdir()] == ["node_exporter.prom"]
+
+
+def test_a_stop_during_a_write_still_takes_the_file(tmp_path: Path) -> None:
+    """A write in its thread when the agent stops: the stop waits for it, so its rename
+    cannot put the file back after the stop removed it."""
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    rendering, finish = threading.Event(), threading.Event()
+
+    def slow_render(accept: str) -> tuple[bytes, str]:
+        rendering.set()
+        finish.wait(5)
+        return BODY, "text/plain"
+
+    w = TextfileWriter(directory / "node-ping_node-1.prom", slow_render, 10.0, "node-1")
+    write = threading.Thread(target=w.write)
+    write.start()
+    assert rendering.wait(5)
+    stop = threading.Thread(target=w.close)
+    stop.start()
+    finish.set()
+    write.join(5)
+    stop.join(5)
+    assert list(directory.iterdir()) == []
 
 
 def test_a_failed_write_is_counted(tmp_path: Path) -> None:

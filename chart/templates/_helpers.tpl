@@ -284,3 +284,28 @@ httpGet:
   port: metrics
   scheme: {{ if .root.Values.metrics.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
+
+{{/* A Prometheus duration ("1m30s", "500ms") in milliseconds. */}}
+{{- define "npe.durationMs" -}}
+{{- $ms := 0 -}}
+{{- $unit := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 -}}
+{{- $count := regexFind "^[0-9]+" . -}}
+{{- $ms = add $ms (mul (int $count) (get $unit (trimPrefix $count .))) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end -}}
+
+{{/*
+A monitor endpoint's scrapeTimeout line, when set. Longer than its interval, the
+install fails here: prometheus-operator would skip the whole monitor and log it,
+and nothing would be scraped.
+*/}}
+{{- define "npe.scrapeTimeout" -}}
+{{- with .monitor.scrapeTimeout -}}
+{{- if gt (include "npe.durationMs" . | int) (include "npe.durationMs" $.monitor.interval | int) -}}
+{{- fail (printf "%s.scrapeTimeout: %s is longer than %s.interval (%s); prometheus-operator would skip the monitor" $.kind . $.kind $.monitor.interval) -}}
+{{- end -}}
+scrapeTimeout: {{ . }}
+{{- end -}}
+{{- end -}}

@@ -9,6 +9,7 @@ the self-metrics and ``/readyz`` report about a source.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -35,13 +36,13 @@ class DiscoveryState:
         self.source = source
         self.node_name = node_name
         self.up = False
-        self.synced_once = False
+        self.synced = asyncio.Event()  # set at the first good list/read
         self.last_success = 0.0  # unix time of the last good list/read
         self.errors = 0
 
     def succeeded(self) -> None:
         self.up = True
-        self.synced_once = True
+        self.synced.set()
         self.last_success = time.time()
 
     def failed(self, problem: str) -> None:
