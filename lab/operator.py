@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .controlplane import ControlPlane, free_port
-from .kubenodes import CHART_NAMESPACE, MONITOR_LABELS, KubernetesDiscovery
+from .kubenodes import CHART_NAMESPACE, KubernetesDiscovery
 from .process import alive, kill_all, spawn
 from .registry import NODE_BINARIES, Registry, prometheus_image
 from .state import LabError, LabState, Workdir
@@ -30,6 +30,9 @@ from .state import LabError, LabState, Workdir
 CRDS = NODE_BINARIES / "crds"  # the operator release's own CRDs
 GROUP, VERSION = "monitoring.coreos.com", "v1"
 PROMETHEUS_NAME = "kube-prometheus-stack-prometheus"  # kube-prometheus-stack's naming
+# What kube-prometheus-stack's Prometheus selects monitors and rules by: its release
+# name. The chart is installed without being told (it looks the object up).
+MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 PROMETHEUS_PORT = 9090
 
 

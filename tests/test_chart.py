@@ -776,11 +776,73 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
         configmap = dashboards[path.name]
         assert configmap["metadata"]["annotations"] == {"my_folder": "Net"}
         assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
-    assert not [
-        o
-        for o in by_kind(render([]), "ConfigMap")
-        if "grafana_dashboard" in o["metadata"]["labels"]
-    ]  # off by default
+
+    def sidecar_configmaps(args: list[str]) -> list[dict[str, Any]]:
+        return [
+            o
+            for o in by_kind(render(args), "ConfigMap")
+            if o["metadata"]["labels"].get("grafana_dashboard") == "1"
+        ]
+
+    default = sidecar_configmaps([])  # on by default, kube-prometheus-stack's sidecar label
+    assert len(default) == len(files) - 1
+    assert all("annotations" not in o["metadata"] for o in default)  # no folder asked
+    assert {o["metadata"]["namespace"] for o in default} == {NAMESPACE}
+    elsewhere = sidecar_configmaps(sets("dashboards.namespace=grafana"))
+    assert {o["metadata"]["namespace"] for o in elsewhere} == {"grafana"}
+    assert not sidecar_configmaps(sets("dashboards.enabled=false"))
+
+
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Service"}
+SERVED = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+          "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+          "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, kinds",
+    [
+        ([], set()),  # helm template sees no CRDs: nothing the cluster could refuse
+        (SERVED, {"ServiceMonitor", "Service", "PrometheusRule"}),
+        (["--api-versions", "monitoring.coreos.com/v1"],
+         {"ServiceMonitor", "Service", "PrometheusRule"}),
+        ([*SERVED, *sets("output=textfile")], {"PrometheusRule"}),  # node-exporter scrapes
+        ([*SERVED, *sets("output=both")], {"ServiceMonitor", "Service", "PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "podMonitor.enabled=auto")],
+         {"PodMonitor", "PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "prometheusRule.enabled=false")], set()),
+        (sets("serviceMonitor.enabled=true", "prometheusRule.enabled=true"),
+         {"ServiceMonitor", "Service", "PrometheusRule"}),  # forced: e.g. CRDs come later
+    ],
+)  # fmt: skip
+def test_operator_objects_where_the_cluster_serves_them(args: list[str], kinds: set[str]) -> None:
+    """auto creates each Prometheus Operator object when its kind is served; true and
+    false force it."""
+    helm_binaries()
+    objects = render(args)
+    assert {o["kind"] for o in objects} & OPERATOR_KINDS == kinds
+
+
+def test_notes_say_what_was_found_without_a_cluster(tmp_path: Path) -> None:
+    """helm template has no cluster to look up: NOTES says the labels are the values'
+    only, why there is no monitor, and how to run diagnose."""
+    for helm in helm_binaries():
+        notes = " ".join(render_notes([], helm, tmp_path).split())
+        assert "No cluster to look at (helm template, or --dry-run without a server)" in notes
+        assert ("No ServiceMonitor: the cluster does not serve monitoring.coreos.com/v1 "
+                "ServiceMonitor (no Prometheus Operator CRDs).") in notes  # fmt: skip
+        assert "Nothing makes Prometheus scrape the agents" in notes
+        assert "ConfigMaps in kube-prometheus labelled grafana_dashboard=1." in notes
+        assert "No Grafana dashboard sidecar found" not in notes  # nothing was looked for
+        assert "exec ds/npe-node-ping-exporter -- node-ping-exporter diagnose" in notes
+        notes = " ".join(render_notes([*SERVED, *sets("serviceMonitor.labels.release=kps")],
+                                      helm, tmp_path).split())  # fmt: skip
+        assert ("ServiceMonitor kube-prometheus/npe-node-ping-exporter labelled release=kps (the "
+                "cluster serves monitoring.coreos.com/v1 ServiceMonitor).") in notes  # fmt: skip
+        assert "Nothing makes Prometheus scrape" not in notes
+        notes = " ".join(render_notes(sets("output=textfile"), helm, tmp_path).split())
+        assert "textfile in /var/run/node-exporter-textfile on each node" in notes
+        assert "Nothing makes Prometheus scrape" not in notes
 
 
 # textfile.hostPath: the textfile-permissions init container chgrps and chmods it at
@@ -879,6 +941,8 @@ CROSS_VALUE_RULES: list[tuple[list[str], str]] = [
 ]
 
 BAD_VALUES: list[tuple[list[str], str]] = [
+    (sets("serviceMonitor.enabled=yes"), "at '/serviceMonitor/enabled'"),
+    (sets("prometheusRule.namespace=Not_A_Namespace"), "at '/prometheusRule/namespace'"),
     (
         ["--set", "prometheusRule.config.lossWindow=3 minutes"],
         "at '/prometheusRule/config/lossWindow'",
