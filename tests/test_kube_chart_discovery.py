@@ -16,6 +16,7 @@ real operator then scrapes and loads what it selected is tests/test_kubelet_clus
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -257,6 +258,9 @@ def test_kube_prometheus_stack_installed_later_is_picked_up_by_the_next_upgrade(
     assert "Nothing makes Prometheus scrape" not in notes
     grafana = f"{NAMESPACE}/{KPS}-grafana"
     assert f"Loaded by the Grafana sidecar of {grafana} (grafana-sc-dashboard)." in notes
+    uid = json.loads((ROOT / "dashboards" / "node-connectivity.json").read_text())["uid"]
+    assert (f"kubectl -n {NAMESPACE} port-forward deploy/{KPS}-grafana 3000:3000\n"
+            f"http://localhost:3000/d/{uid}.") in notes  # fmt: skip
     assert (f"exec ds/{name} -- node-ping-exporter diagnose --prometheus "
             f"http://prometheus-operated.{NAMESPACE}.svc:9090") in notes  # fmt: skip
 

@@ -202,7 +202,7 @@ release namespace, or to the first sidecar's namespace when no sidecar watches t
 {{- range $e := $c.env | default list }}{{ if hasKey $e "value" }}{{ $_ := set $env $e.name (toString $e.value) }}{{ end }}{{ end }}
 {{- if and (hasKey $env "LABEL") (or (contains "dashboard" $c.name) (contains "dashboard" $env.LABEL)) }}
 {{- $watches := list $d.metadata.namespace }}
-{{- with $env.NAMESPACE }}{{ $watches = splitList "," . }}{{ end }}
+{{- with $env.NAMESPACE }}{{ $watches = list }}{{ range splitList "," . }}{{ $watches = append $watches (trim .) }}{{ end }}{{ end }}
 {{- $sidecars = append $sidecars (dict "name" (printf "%s/%s" $d.metadata.namespace $d.metadata.name) "container" $c.name "label" $env.LABEL "value" (get $env "LABEL_VALUE") "anyValue" (not (hasKey $env "LABEL_VALUE")) "namespaces" $watches) }}
 {{- end }}
 {{- end }}
