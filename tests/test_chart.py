@@ -625,7 +625,7 @@ def test_notes_say_what_is_exposed(tmp_path: Path) -> None:
         assert "over HTTPS with the certificate in Secret npe-tls" in notes
         assert "only a bearer token that the API server accepts" in notes
         assert "npe-node-ping-exporter-auth-delegator" in notes
-        assert "To protect it" not in notes and "WARNING" not in notes
+        assert "To protect it" not in notes and "WARNING (metrics.auth" not in notes
         notes = " ".join(
             render_notes(MATRIX["kubernetes auth without tls, allowed, token secrets"], helm,
                          tmp_path).split()
@@ -804,8 +804,16 @@ SERVED = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
     [
         ([], set()),  # helm template sees no CRDs: nothing the cluster could refuse
         (SERVED, {"ServiceMonitor", "Service", "PrometheusRule"}),
-        (["--api-versions", "monitoring.coreos.com/v1"],
+        (["--api-versions", "monitoring.coreos.com/v1"],  # the group alone: every kind
          {"ServiceMonitor", "Service", "PrometheusRule"}),
+        (["--api-versions", "monitoring.coreos.com/v1",  # a cluster with some of the CRDs
+          "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
+         {"ServiceMonitor", "Service"}),
+        (sets("prometheusDiscovery=null"), set()),  # values from before it (--reuse-values)
+        # auto leaves out a monitor that could not connect; true would fail the install
+        ([*SERVED, *TLS, *sets("metrics.tls.clientAuth.enabled=true")], {"PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "podMonitor.enabled=auto",
+                         "metrics.auth.kubernetes=true"), *TLS], {"PrometheusRule"}),
         ([*SERVED, *sets("output=textfile")], {"PrometheusRule"}),  # node-exporter scrapes
         ([*SERVED, *sets("output=both")], {"ServiceMonitor", "Service", "PrometheusRule"}),
         ([*SERVED, *sets("serviceMonitor.enabled=false", "podMonitor.enabled=auto")],
@@ -829,17 +837,25 @@ def test_notes_say_what_was_found_without_a_cluster(tmp_path: Path) -> None:
     for helm in helm_binaries():
         notes = " ".join(render_notes([], helm, tmp_path).split())
         assert "No cluster to look at (helm template, or --dry-run without a server)" in notes
-        assert ("No ServiceMonitor: the cluster does not serve monitoring.coreos.com/v1 "
-                "ServiceMonitor (no Prometheus Operator CRDs).") in notes  # fmt: skip
+        assert ("No ServiceMonitor: helm template does not see monitoring.coreos.com/v1 "
+                "ServiceMonitor: pass --api-versions monitoring.coreos.com/v1/ServiceMonitor, "
+                "or serviceMonitor.enabled=true.") in notes  # fmt: skip
         assert "Nothing makes Prometheus scrape the agents" in notes
         assert "ConfigMaps in kube-prometheus labelled grafana_dashboard=1." in notes
         assert "No Grafana dashboard sidecar found" not in notes  # nothing was looked for
         assert "exec ds/npe-node-ping-exporter -- node-ping-exporter diagnose" in notes
         notes = " ".join(render_notes([*SERVED, *sets("serviceMonitor.labels.release=kps")],
                                       helm, tmp_path).split())  # fmt: skip
-        assert ("ServiceMonitor kube-prometheus/npe-node-ping-exporter labelled release=kps (the "
-                "cluster serves monitoring.coreos.com/v1 ServiceMonitor).") in notes  # fmt: skip
-        assert "Nothing makes Prometheus scrape" not in notes
+        assert ("ServiceMonitor kube-prometheus/npe-node-ping-exporter labelled release=kps (--api"
+                "-versions names monitoring.coreos.com/v1 ServiceMonitor).") in notes  # fmt: skip
+        assert "Nothing makes Prometheus scrape" not in notes and "WARNING" not in notes
+        notes = " ".join(render_notes([*SERVED, *sets("podMonitor.enabled=true")], helm,
+                                      tmp_path).split())  # fmt: skip
+        assert "WARNING: a ServiceMonitor and a PodMonitor: every agent is scraped twice" in notes
+        notes = " ".join(render_notes([*SERVED, *TLS, *sets("metrics.tls.clientAuth.enabled=true")],
+                                      helm, tmp_path).split())  # fmt: skip
+        assert ("No ServiceMonitor: auto, and metrics.tls.clientAuth needs metrics.tls.clientAuth"
+                ".clientSecretName or serviceMonitor.tlsConfig.") in notes  # fmt: skip
         notes = " ".join(render_notes(sets("output=textfile"), helm, tmp_path).split())
         assert "textfile in /var/run/node-exporter-textfile on each node" in notes
         assert "Nothing makes Prometheus scrape" not in notes

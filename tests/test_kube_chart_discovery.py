@@ -374,5 +374,13 @@ def test_selectors_of_every_shape(plane: ControlPlane) -> None:
         "monitoring", label_selector=f"grafana_dashboard=1,app.kubernetes.io/instance={release}"
     ).items
     assert len(dashboards) == 2
+    # With TLS the monitor refers to a Secret in the release namespace, which the
+    # operator reads from the monitor's own: it stays, and NOTES says how to move it.
+    notes = helm(plane, "upgrade", release, "--set", "metrics.tls.enabled=true",
+                 "--set", "metrics.tls.secretName=npe-tls", binary="helm4")  # fmt: skip
+    check(notes, "ServiceMonitor", NAMESPACE, set())
+    assert ("Kept in kube-prometheus, where the Secrets it refers to are: Prometheus in "
+            "monitoring looks\nthere only.") in notes  # fmt: skip
+    check(notes, "PrometheusRule", "monitoring", {"monitoring/own"})
     plane.helm("uninstall", release, "-n", NAMESPACE)
     delete_prometheuses(plane, own)
