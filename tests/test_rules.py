@@ -1060,6 +1060,10 @@ def test_agent_health_alerts(tmp_path: Path) -> None:
             "series": f'kube_node_ping_send_errors_total{{{base},reason="ENETUNREACH"}}',
             "values": f"0+5x{steps}",
         },
+        {  # a neighbour that did not answer ARP: loss on the path, not a local refusal
+            "series": f'kube_node_ping_send_errors_total{{{base},reason="EHOSTUNREACH"}}',
+            "values": f"0+5x{steps}",
+        },
         {
             "series": f'kube_node_ping_discovery_up{{{base},source="kubernetes"}}',
             "values": f"1x5 0x{steps - 5}",
