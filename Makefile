@@ -74,7 +74,8 @@ e2e: deps
 # Only the checks against a real control plane: helm install/upgrade/uninstall,
 # RBAC, the DaemonSet controller, the lab in Kubernetes-discovery mode (root).
 test-kube: deps
-	$(PY) -m pytest tests/test_kube_chart.py tests/test_kube_lab.py tests/test_kube_auth.py
+	$(PY) -m pytest tests/test_kube_chart.py tests/test_kube_chart_discovery.py tests/test_kube_lab.py \
+	  tests/test_kube_auth.py
 
 # A control plane to try things by hand (node-ping-lab up --kubernetes uses it);
 # prints where its admin kubeconfig is. `make controlplane-down` removes it.

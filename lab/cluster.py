@@ -95,7 +95,8 @@ class Lab:
 
     def _up_on_kubelets(self, state: LabState) -> None:
         """Kubernetes nodes; prometheus-operator and its Prometheus on the first node (if
-        the lab has Prometheus); the chart, its monitors and rules labelled for it."""
+        the lab has Prometheus); the chart, with no word about monitors: it finds that
+        Prometheus itself."""
         port = self.kubernetes.setup_kubelets(state)
         self.workdir.save(state)
         plane = self.kubernetes.control_plane(state)

@@ -32,9 +32,6 @@ from .state import LabConfig, LabError, LabState, Workdir
 LAB_LABEL = "node-ping-lab"  # which lab made the node: its name
 ZONE_LABEL = "topology.kubernetes.io/zone"  # the well-known label a cloud provider sets
 CHART_NAMESPACE = "kube-prometheus"  # where a lab installs the chart
-# What kube-prometheus-stack's Prometheus selects monitors and rules by (release
-# "kube-prometheus-stack"); on Kubernetes nodes the lab labels the chart's so.
-MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 
 
 def replace(path: str, value: Any) -> list[dict[str, Any]]:
@@ -170,15 +167,12 @@ class KubernetesDiscovery:
 
     def chart_values(self, state: LabState) -> list[str]:
         """The chart's values on a lab of Kubernetes nodes: the agent image from the lab's
-        registry, monitors and rules labelled as kube-prometheus-stack's Prometheus
-        selects them, scraped at the lab's interval, lab-sized windows if asked."""
+        registry, scraped at the lab's interval, lab-sized windows if asked. Nothing
+        about the monitors' labels: the chart finds the operator's Prometheus itself."""
         config = state.config
         values = ["--set", f"image.repository={REGISTRY}/node-ping-exporter",
-                  "--set", f"image.tag={VERSION}"]  # fmt: skip
-        for part in ("serviceMonitor", "prometheusRule"):
-            values += ["--set", f"{part}.enabled=true",
-                       "--set-json", f"{part}.labels={json.dumps(MONITOR_LABELS)}"]  # fmt: skip
-        values += ["--set", f"serviceMonitor.interval={config.scrape_interval}"]
+                  "--set", f"image.tag={VERSION}",
+                  "--set", f"serviceMonitor.interval={config.scrape_interval}"]  # fmt: skip
         if config.fast_alerts:
             alerts = json.dumps(fast_alert_overrides())
             values += ["--set-json", f"prometheusRule.config={json.dumps(FAST_CONFIG)}",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .controlplane import ControlPlane, free_port
-from .kubenodes import CHART_NAMESPACE, MONITOR_LABELS, KubernetesDiscovery
+from .kubenodes import CHART_NAMESPACE, KubernetesDiscovery
 from .process import alive, kill_all, spawn
 from .registry import NODE_BINARIES, Registry, prometheus_image
 from .state import LabError, LabState, Workdir
@@ -30,6 +30,9 @@ from .state import LabError, LabState, Workdir
 CRDS = NODE_BINARIES / "crds"  # the operator release's own CRDs
 GROUP, VERSION = "monitoring.coreos.com", "v1"
 PROMETHEUS_NAME = "kube-prometheus-stack-prometheus"  # kube-prometheus-stack's naming
+# What kube-prometheus-stack's Prometheus selects monitors and rules by: its release
+# name. The chart is installed without being told (it looks the object up).
+MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 PROMETHEUS_PORT = 9090
 
 
@@ -44,10 +47,11 @@ def install_crds(plane: ControlPlane, directory: Path = CRDS, timeout: float = 6
 
     Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: node.value)
     api: Any = client.ApiextensionsV1Api(plane.api_client())
-    names = []
+    custom: Any = client.CustomObjectsApi(plane.api_client())
+    bodies = []
     for path in sorted(directory.glob("*.yaml")):
         body = yaml.load(path.read_text(), Loader=Loader)  # a SafeLoader
-        names.append(body["metadata"]["name"])
+        bodies.append(body)
         try:
             api.create_custom_resource_definition(body, _preload_content=False)
         except client.exceptions.ApiException as exc:
@@ -55,17 +59,33 @@ def install_crds(plane: ControlPlane, directory: Path = CRDS, timeout: float = 6
                 raise
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pending = [name for name in names if not _established(api, name)]
+        pending = [b["metadata"]["name"] for b in bodies if not _served(api, custom, b)]
         if not pending:
             return
         time.sleep(0.3)
-    raise LabError(f"CRDs not established after {timeout:.0f}s: {', '.join(pending)}")
+    raise LabError(f"CRDs not served after {timeout:.0f}s: {', '.join(pending)}")
 
 
-def _established(api: Any, name: str) -> bool:
+def _served(api: Any, custom: Any, body: dict[str, Any]) -> bool:
+    """Established, and its objects can be listed: the API server marks a CRD
+    Established a moment before its handler answers (a 404 in between)."""
+    from kubernetes import client
+
+    name = body["metadata"]["name"]
     crd = json.loads(api.read_custom_resource_definition(name, _preload_content=False).data)
     conditions = crd.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+    if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+        return False
+    spec = body["spec"]
+    version = next(v["name"] for v in spec["versions"] if v.get("served"))
+    try:
+        custom.list_cluster_custom_object(spec["group"], version, spec["names"]["plural"],
+                                          limit=1)  # fmt: skip
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 class Operator:

@@ -625,7 +625,7 @@ def test_notes_say_what_is_exposed(tmp_path: Path) -> None:
         assert "over HTTPS with the certificate in Secret npe-tls" in notes
         assert "only a bearer token that the API server accepts" in notes
         assert "npe-node-ping-exporter-auth-delegator" in notes
-        assert "To protect it" not in notes and "WARNING" not in notes
+        assert "To protect it" not in notes and "WARNING (metrics.auth" not in notes
         notes = " ".join(
             render_notes(MATRIX["kubernetes auth without tls, allowed, token secrets"], helm,
                          tmp_path).split()
@@ -776,11 +776,89 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
         configmap = dashboards[path.name]
         assert configmap["metadata"]["annotations"] == {"my_folder": "Net"}
         assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
-    assert not [
-        o
-        for o in by_kind(render([]), "ConfigMap")
-        if "grafana_dashboard" in o["metadata"]["labels"]
-    ]  # off by default
+
+    def sidecar_configmaps(args: list[str]) -> list[dict[str, Any]]:
+        return [
+            o
+            for o in by_kind(render(args), "ConfigMap")
+            if o["metadata"]["labels"].get("grafana_dashboard") == "1"
+        ]
+
+    default = sidecar_configmaps([])  # on by default, kube-prometheus-stack's sidecar label
+    assert len(default) == len(files) - 1
+    assert all("annotations" not in o["metadata"] for o in default)  # no folder asked
+    assert {o["metadata"]["namespace"] for o in default} == {NAMESPACE}
+    elsewhere = sidecar_configmaps(sets("dashboards.namespace=grafana"))
+    assert {o["metadata"]["namespace"] for o in elsewhere} == {"grafana"}
+    assert not sidecar_configmaps(sets("dashboards.enabled=false"))
+
+
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Service"}
+SERVED = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+          "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+          "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, kinds",
+    [
+        ([], set()),  # helm template sees no CRDs: nothing the cluster could refuse
+        (SERVED, {"ServiceMonitor", "Service", "PrometheusRule"}),
+        (["--api-versions", "monitoring.coreos.com/v1"],  # the group alone: every kind
+         {"ServiceMonitor", "Service", "PrometheusRule"}),
+        (["--api-versions", "monitoring.coreos.com/v1",  # a cluster with some of the CRDs
+          "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
+         {"ServiceMonitor", "Service"}),
+        (sets("prometheusDiscovery=null"), set()),  # values from before it (--reuse-values)
+        # auto leaves out a monitor that could not connect; true would fail the install
+        ([*SERVED, *TLS, *sets("metrics.tls.clientAuth.enabled=true")], {"PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "podMonitor.enabled=auto",
+                         "metrics.auth.kubernetes=true"), *TLS], {"PrometheusRule"}),
+        ([*SERVED, *sets("output=textfile")], {"PrometheusRule"}),  # node-exporter scrapes
+        ([*SERVED, *sets("output=both")], {"ServiceMonitor", "Service", "PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "podMonitor.enabled=auto")],
+         {"PodMonitor", "PrometheusRule"}),
+        ([*SERVED, *sets("serviceMonitor.enabled=false", "prometheusRule.enabled=false")], set()),
+        (sets("serviceMonitor.enabled=true", "prometheusRule.enabled=true"),
+         {"ServiceMonitor", "Service", "PrometheusRule"}),  # forced: e.g. CRDs come later
+    ],
+)  # fmt: skip
+def test_operator_objects_where_the_cluster_serves_them(args: list[str], kinds: set[str]) -> None:
+    """auto creates each Prometheus Operator object when its kind is served; true and
+    false force it."""
+    helm_binaries()
+    objects = render(args)
+    assert {o["kind"] for o in objects} & OPERATOR_KINDS == kinds
+
+
+def test_notes_say_what_was_found_without_a_cluster(tmp_path: Path) -> None:
+    """helm template has no cluster to look up: NOTES says the labels are the values'
+    only, why there is no monitor, and how to run diagnose."""
+    for helm in helm_binaries():
+        notes = " ".join(render_notes([], helm, tmp_path).split())
+        assert "No cluster to look at (helm template, or --dry-run without a server)" in notes
+        assert ("No ServiceMonitor: helm template does not see monitoring.coreos.com/v1 "
+                "ServiceMonitor: pass --api-versions monitoring.coreos.com/v1/ServiceMonitor, "
+                "or serviceMonitor.enabled=true.") in notes  # fmt: skip
+        assert "Nothing makes Prometheus scrape the agents" in notes
+        assert "ConfigMaps in kube-prometheus labelled grafana_dashboard=1." in notes
+        assert "No Grafana dashboard sidecar found" not in notes  # nothing was looked for
+        assert "exec ds/npe-node-ping-exporter -- node-ping-exporter diagnose" in notes
+        notes = " ".join(render_notes([*SERVED, *sets("serviceMonitor.labels.release=kps")],
+                                      helm, tmp_path).split())  # fmt: skip
+        assert ("ServiceMonitor kube-prometheus/npe-node-ping-exporter labelled release=kps (--api"
+                "-versions names monitoring.coreos.com/v1 ServiceMonitor).") in notes  # fmt: skip
+        assert "Nothing makes Prometheus scrape" not in notes and "WARNING" not in notes
+        notes = " ".join(render_notes([*SERVED, *sets("podMonitor.enabled=true")], helm,
+                                      tmp_path).split())  # fmt: skip
+        assert "WARNING: a ServiceMonitor and a PodMonitor: every agent is scraped twice" in notes
+        notes = " ".join(render_notes([*SERVED, *TLS, *sets("metrics.tls.clientAuth.enabled=true")],
+                                      helm, tmp_path).split())  # fmt: skip
+        assert ("No ServiceMonitor: auto, and metrics.tls.clientAuth needs metrics.tls.clientAuth"
+                ".clientSecretName or serviceMonitor.tlsConfig.") in notes  # fmt: skip
+        notes = " ".join(render_notes(sets("output=textfile"), helm, tmp_path).split())
+        assert "textfile in /var/run/node-exporter-textfile on each node" in notes
+        assert "Nothing makes Prometheus scrape" not in notes
 
 
 # textfile.hostPath: the textfile-permissions init container chgrps and chmods it at
@@ -879,6 +957,8 @@ CROSS_VALUE_RULES: list[tuple[list[str], str]] = [
 ]
 
 BAD_VALUES: list[tuple[list[str], str]] = [
+    (sets("serviceMonitor.enabled=yes"), "at '/serviceMonitor/enabled'"),
+    (sets("prometheusRule.namespace=Not_A_Namespace"), "at '/prometheusRule/namespace'"),
     (
         ["--set", "prometheusRule.config.lossWindow=3 minutes"],
         "at '/prometheusRule/config/lossWindow'",

@@ -124,7 +124,8 @@ def test_install_upgrade_uninstall_leaves_nothing(plane: ControlPlane, helm: str
     # NOTES.txt, rendered by a real install for the first time.
     assert "runs on every node as DaemonSet" in out
     assert f"{NAMESPACE}/{release}-node-ping-exporter" in out
-    assert "ServiceMonitor PodMonitor created" in out
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert f"{kind} {NAMESPACE}/{release}-node-ping-exporter labelled release=" in out
 
     installed = manifest_objects(plane, release, helm)
     assert {kind for _, kind, _ in installed} == CHART_KINDS

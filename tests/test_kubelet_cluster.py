@@ -14,6 +14,7 @@ bridge), so an isolated node also loses its kubelet's connection, as it would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -141,8 +142,16 @@ def test_every_agent_runs_as_the_chart_says(lab: Lab) -> None:
 
 def test_the_operator_scrapes_every_agent_and_they_ping_each_other(lab: Lab) -> None:
     """The scrape configuration is the operator's, made from the chart's ServiceMonitor;
-    through it Prometheus sees every agent up and every pair answering."""
-    config = lab.operator.generated_config(lab.workdir.load())
+    through it Prometheus sees every agent up and every pair answering. The install
+    said nothing about monitors, rules or labels: the chart found the Prometheus."""
+    state = lab.workdir.load()
+    given = lab.kubernetes.control_plane(state).helm(
+        "get", "values", lab.kubernetes.release, "-n", CHART_NAMESPACE, "-o", "json"
+    )
+    values = json.loads(given)  # the lab's scrape interval and windows, no more
+    for part in ("serviceMonitor", "podMonitor", "prometheusRule"):
+        assert not {"enabled", "labels", "namespace"} & values.get(part, {}).keys(), given
+    config = lab.operator.generated_config(state)
     assert re.search(r"job_name: serviceMonitor/kube-prometheus/npl-\S+/0", config), config[:2000]
     query = lab.prometheus.query
 

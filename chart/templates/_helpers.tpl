@@ -217,14 +217,15 @@ value alone; these also hold with --skip-schema-validation). Included by the Dae
 {{- if and .Values.metrics.auth.kubernetes (not $tls.enabled) (not .Values.metrics.auth.allowInsecure) }}
 {{- fail "metrics.auth.kubernetes=true without metrics.tls.enabled=true would send Prometheus' ServiceAccount token over plain HTTP, for anyone on the path to reuse against the API server: set metrics.tls.enabled=true and metrics.tls.secretName (or, knowingly, metrics.auth.allowInsecure=true)" }}
 {{- end }}
+{{- $plan := (include "npe.operatorPlan" . | fromJson).parts }}
 {{- if $tls.clientAuth.enabled }}
 {{- range $kind, $monitor := dict "serviceMonitor" .Values.serviceMonitor "podMonitor" .Values.podMonitor }}
-{{- if and $monitor.enabled (not $monitor.tlsConfig) (not $tls.clientAuth.clientSecretName) }}
+{{- if and (get $plan $kind).create (not $monitor.tlsConfig) (not $tls.clientAuth.clientSecretName) }}
 {{- fail (printf "metrics.tls.clientAuth.enabled=true with %s.enabled=true needs metrics.tls.clientAuth.clientSecretName (a kubernetes.io/tls Secret with the client certificate Prometheus presents), or %s.tlsConfig" $kind $kind) }}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and .Values.metrics.auth.kubernetes .Values.podMonitor.enabled (not .Values.podMonitor.bearerTokenSecret.name) }}
+{{- if and .Values.metrics.auth.kubernetes $plan.podMonitor.create (not .Values.podMonitor.bearerTokenSecret.name) }}
 {{- fail "metrics.auth.kubernetes=true with podMonitor.enabled=true needs podMonitor.bearerTokenSecret.name: a PodMonitor cannot send Prometheus' own ServiceAccount token (no bearerTokenFile); name a Secret holding a token of Prometheus' ServiceAccount (see the chart README), or use serviceMonitor" }}
 {{- end }}
 {{- end }}
