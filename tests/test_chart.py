@@ -793,6 +793,33 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
     assert not sidecar_configmaps(sets("dashboards.enabled=false"))
 
 
+def test_a_chart_version_bump_alone_restarts_no_agent(tmp_path: Path) -> None:
+    """The pod template carries no chart or app version: a chart that changes only its
+    version (and appVersion, with the image pinned) renders the same pod template, so
+    the DaemonSet controller restarts nothing."""
+    helm_binaries()
+    bumped = tmp_path / "chart"
+    shutil.copytree(CHART, bumped)
+    chart_yaml = bumped / "Chart.yaml"
+    meta = yaml.safe_load(chart_yaml.read_text())
+    meta["version"], meta["appVersion"] = "99.0.0", "99.0.0"
+    chart_yaml.write_text(yaml.safe_dump(meta))
+    pinned = sets(f"image.tag={yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}")
+
+    def pod_template(chart: Path) -> dict[str, Any]:
+        objects = [d for d in yaml.safe_load_all(helm_template(pinned, chart=chart)) if d]
+        (daemonset,) = by_kind(objects, "DaemonSet")
+        return dict(daemonset["spec"]["template"])
+
+    before, after = pod_template(CHART), pod_template(bumped)
+    assert before == after
+    assert "helm.sh/chart" not in before["metadata"]["labels"]
+    # the objects themselves still say which chart made them
+    objects = [d for d in yaml.safe_load_all(helm_template(pinned, chart=bumped)) if d]
+    (daemonset,) = by_kind(objects, "DaemonSet")
+    assert daemonset["metadata"]["labels"]["helm.sh/chart"] == "node-ping-exporter-99.0.0"
+
+
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Service"}
 SERVED = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
           "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
