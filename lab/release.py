@@ -18,6 +18,7 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .controlplane import free_port
 from .process import ROOT, kill_all, spawn
@@ -117,6 +118,12 @@ def package_chart(registry: str, directory: Path) -> Path:
     if default not in text:
         raise LabError("chart/values.yaml: image.repository's default line moved")
     values.write_text(text.replace(default, f"  repository: {registry}/node-ping-exporter\n", 1))
+    metadata = staging / "Chart.yaml"
+    text = metadata.read_text()
+    entry = f"      image: node-ping-exporter:{VERSION}\n"
+    if entry not in text:
+        raise LabError("chart/Chart.yaml: the artifacthub.io/images entry moved")
+    metadata.write_text(text.replace(entry, entry.replace("image: ", f"image: {registry}/")))
     out = directory / "charts"
     out.mkdir(exist_ok=True)
     tool("helm3", "package", str(staging), "--destination", str(out))
@@ -207,10 +214,13 @@ def publish(directory: Path) -> Release:
         raise
 
 
-def verify(release: Release, reference: str) -> str:
-    """cosign's verdict on ``reference`` with the release's public key (raises if bad)."""
-    return cosign("verify", "--key", str(release.public_key), "--insecure-ignore-tlog=true",
+def verify(release: Release, reference: str) -> list[dict[str, Any]]:
+    """The signed payloads cosign verified on ``reference`` with the release's public
+    key (raises if none verifies)."""
+    out = cosign("verify", "--key", str(release.public_key), "--insecure-ignore-tlog=true",
                   "--allow-http-registry", reference, directory=release.directory)  # fmt: skip
+    payloads: list[dict[str, Any]] = json.loads(out)
+    return payloads
 
 
 def verify_sbom(release: Release, arch: str) -> dict[str, object]:

@@ -1475,3 +1475,39 @@ def test_ip_addresses_through_helm() -> None:
         if result.returncode == 0 and not agent_ok:
             mismatches.append(f"{helm.name} target {host!r}: the agent refuses it")
     assert not mismatches, "\n".join(mismatches)
+
+
+HELM_DOCS = ROOT / ".cache" / "bin" / "helm-docs"
+HELM_DOCS_ARGS = ["-c", "chart", "-s", "file", "--skip-version-footer"]  # as `make chart-readme`
+
+
+@pytest.mark.skipif(not HELM_DOCS.exists(), reason="helm-docs is not built (make deps)")
+def test_the_chart_readme_is_generated_from_values_comments() -> None:
+    """chart/README.md is what helm-docs makes of README.md.gotmpl and values.yaml's
+    comments now (`make chart-readme` regenerates it), and every value in its table
+    has a description."""
+    result = subprocess.run(
+        [str(HELM_DOCS), "--dry-run", *HELM_DOCS_ARGS], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "chart" / "README.md").read_text(), (
+        "chart/README.md is behind chart/values.yaml or README.md.gotmpl: run `make chart-readme`"
+    )
+    table = result.stdout.split("| Key | Type | Default | Description |", 1)[1].split("\n\n", 1)[0]
+    rows = [row.split(" | ") for row in table.strip().splitlines()[1:]]
+    assert len(rows) > 100
+    undocumented = [row[0].lstrip("| ") for row in rows if not row[-1].strip(" |")]
+    assert not undocumented
+
+
+def test_artifact_hub_annotations_describe_the_release() -> None:
+    chart = yaml.safe_load((ROOT / "chart" / "Chart.yaml").read_text())
+    notes = chart["annotations"]
+    assert notes["artifacthub.io/license"] == "Apache-2.0"
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    values = yaml.safe_load((ROOT / "chart" / "values.yaml").read_text())
+    assert image["image"] == f"{values['image']['repository']}:{chart['appVersion']}"
+    assert image["platforms"] == ["linux/amd64", "linux/arm64"]
+    changes = yaml.safe_load(notes["artifacthub.io/changes"])
+    kinds = {"added", "changed", "deprecated", "removed", "fixed", "security"}
+    assert changes and all(c["kind"] in kinds and c["description"] for c in changes)
