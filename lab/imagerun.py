@@ -24,15 +24,21 @@ class RunningImage:
     namespace: Namespace
     root: str  # where the image's files are mounted
 
-    def command(self, *argv: str, user: str = "65534:65534") -> list[str]:
-        """``argv`` of the agent inside the image, in the namespace, with its own /proc."""
+    def command(
+        self, *argv: str, user: str = "65534:65534", program: str = ENTRYPOINT
+    ) -> list[str]:
+        """``argv`` of the agent (or ``program``) inside the image, in the namespace,
+        with its own /proc."""
         script = 'mount -t proc proc "$0/proc" && exec chroot --userspec="$1" "$0" "$2" "${@:3}"'
         return self.namespace.cmd("unshare", "--mount", "--propagation", "private",
-                                  "bash", "-c", script, self.root, user, ENTRYPOINT,
+                                  "bash", "-c", script, self.root, user, program,
                                   *argv)  # fmt: skip
 
-    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *argv: str, timeout: float = 120, program: str = ENTRYPOINT
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*argv, program=program), capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
 
     def get(self, port: int, path: str, timeout: float = 5) -> str:
         """An HTTP GET on the namespace's loopback (through curl inside it)."""

@@ -1,10 +1,11 @@
 """One version everywhere a user reads it: the Python distribution (pyproject), the
 agent's --version, the chart's appVersion (the image tag it installs by default), the
-image the build script tags. A release changes them
-together; this test fails when one is left behind."""
+image the build script tags, the image Artifact Hub lists and CHANGELOG.md's newest
+release. A release changes them together; this test fails when one is left behind."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -22,11 +23,16 @@ def test_every_place_names_the_same_version() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
+    changelog = re.search(r"^## (\d+\.\d+\.\d+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert changelog, "CHANGELOG.md has no version heading"
+    (image,) = yaml.safe_load(chart["annotations"]["artifacthub.io/images"])
     found = {
         "pyproject.toml": declared,
         "exporter.__version__": __version__,
         "--version": printed,
         "chart appVersion": str(chart["appVersion"]),
+        "CHANGELOG.md's newest release": changelog[1],
+        "artifacthub.io/images tag": image["image"].rsplit(":", 1)[1],
     }
     assert set(found.values()) == {declared}, found
     # the build script tags the image with pyproject's version
