@@ -104,28 +104,33 @@ def test_sbom_is_attested_and_lists_what_the_image_holds(release: Any, arch: str
     assert packages["node-ping-exporter"] == __version__
 
 
-@pytest.mark.parametrize("source", ["oci", "repository"])
+@pytest.mark.parametrize(
+    ("source", "helm"), [("oci", "helm3"), ("oci", "helm4"), ("repository", "helm3")]
+)
 def test_chart_installs_from_the_registry_and_the_repository(
-    release: Any, control_plane: Any, source: str
+    release: Any, control_plane: Any, source: str, helm: str
 ) -> None:
     from kubernetes import client
 
-    namespace = f"release-{source}"
+    namespace = f"release-{source}-{helm}"
     if source == "oci":
         chart = [release.chart_ref, "--version", release.chart_version, "--plain-http"]
     else:
-        control_plane.helm("repo", "add", "npe-local", release.repo_url)
-        control_plane.helm("repo", "update", "npe-local")
-        found = control_plane.helm("search", "repo", "npe-local/node-ping-exporter", "-o", "json")
+        control_plane.helm("repo", "add", "npe-local", release.repo_url, helm=helm)
+        control_plane.helm("repo", "update", "npe-local", helm=helm)
+        found = control_plane.helm(
+            "search", "repo", "npe-local/node-ping-exporter", "-o", "json", helm=helm
+        )
         assert [entry["version"] for entry in json.loads(found)] == [release.chart_version]
         chart = ["npe-local/node-ping-exporter", "--version", release.chart_version]
-    control_plane.helm("install", "npe", *chart, "-n", namespace, "--create-namespace")
+    control_plane.helm("install", "npe", *chart, "-n", namespace, "--create-namespace", helm=helm)
     apps = client.AppsV1Api(control_plane.api_client())
     (daemonset,) = apps.list_namespaced_daemon_set(namespace).items
     pod: Any = daemonset.spec.template.spec
     images = {c.image for c in pod.containers}
     assert images == {f"{release.registry}/node-ping-exporter:{__version__}"}
-    installed = yaml.safe_load(control_plane.helm("get", "metadata", "npe", "-n", namespace,
-                                                  "-o", "yaml"))  # fmt: skip
-    assert installed["version"] == release.chart_version
-    control_plane.helm("uninstall", "npe", "-n", namespace)
+    metadata = yaml.safe_load(
+        control_plane.helm("get", "metadata", "npe", "-n", namespace, "-o", "yaml", helm=helm)
+    )
+    assert metadata["version"] == release.chart_version
+    control_plane.helm("uninstall", "npe", "-n", namespace, helm=helm)
