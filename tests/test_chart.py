@@ -1310,7 +1310,10 @@ def test_textfile_init_container_makes_the_directory_writable(tmp_path: Path) ->
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         before = subprocess.run(agent, capture_output=True, text=True, env=env, cwd="/")
         assert before.returncode == 2 and "not writable by uid 65534" in before.stderr
-        command = [directory.as_posix() if a == "/textfile" else a for a in init["command"]]
+        # the image's entry point is the agent: the init container passes it arguments
+        assert "command" not in init
+        args = [directory.as_posix() if a == "/textfile" else a for a in init["args"]]
+        command = [sys.executable, "-m", "exporter", *args]
         only = "-all," + ",".join(
             f"+{c.lower()}" for c in init["securityContext"]["capabilities"]["add"]
         )
@@ -1318,7 +1321,7 @@ def test_textfile_init_container_makes_the_directory_writable(tmp_path: Path) ->
             subprocess.run(
                 ["setpriv", f"--bounding-set={only}", f"--inh-caps={only}", "--no-new-privs",
                  *command],
-                check=True,
+                check=True, env=env, cwd="/",
             )  # fmt: skip
             stat = directory.stat()
             assert (stat.st_gid, oct(stat.st_mode & 0o7777)) == (65534, "0o775")
