@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:9798
 
 .PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down cluster \
 	cluster-down demo bench accuracy \
-	image sync-chart clean
+	image publish chart-readme sync-chart clean
 
 # The agent, and the lab as a distribution of its own (lab/pyproject.toml): two
 # installs, so that the agent's never carries the lab's commands.
@@ -108,9 +108,20 @@ bench: deps
 accuracy: deps
 	$(PY) -m benchmarks.accuracy
 
-# The container image, built with buildah from a debootstrap base (root).
+# The container images (amd64 and arm64, one manifest list), built with buildah
+# from Debian packages and wheels (root).
 image:
 	scripts/build-image.sh
+
+# The release on this machine: images, chart (OCI and a chart repository), cosign
+# signatures and SBOMs, served on loopback until interrupted (root).
+publish: deps
+	$(PY) -m lab.cli publish $(or $(DIR),.cache/release)
+
+# chart/README.md from README.md.gotmpl and values.yaml's comments (helm-docs; the
+# same arguments as tests/test_chart.py's up-to-date check).
+chart-readme: .cache/tools
+	.cache/bin/helm-docs -c chart -s file --skip-version-footer
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,6 +1,7 @@
 """Command-line entry point: ``node-ping-exporter [flags]`` runs the agent,
 ``node-ping-exporter diagnose …`` reads Prometheus and names the culprit,
-``node-ping-exporter rules …`` prints the alert and recording rules."""
+``node-ping-exporter rules …`` prints the alert and recording rules,
+``node-ping-exporter setup …`` prepares the node (the chart's init containers)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from .diagnose import main as diagnose
 
         return diagnose(args[1:])
+    if args[:1] == ["setup"]:
+        from .nodesetup import main as setup
+
+        return setup(args[1:])
     if args[:1] == ["rules"]:
         from .rules import main as rules
 

@@ -5,8 +5,8 @@ privileges, raw sockets with CAP_NET_RAW), owns the ICMP constants and header
 layout, and builds echo requests. What it lacks for this workload is added here
 and only here:
 
-* non-blocking drain with ``recvmsg`` and the kernel's receive timestamp
-  (SO_TIMESTAMPNS), so RTTs do not include event-loop delay;
+* non-blocking drain with ``recvmsg`` and the kernel's receive stamp
+  (exporter/kernelstamps.py), so RTTs do not include event-loop delay;
 * a send path without icmplib's per-packet ``getaddrinfo`` and TTL/TOS syscalls;
 * a parser that keeps the payload: in raw mode a reply must match source
   address, ICMP id, sequence *and* a per-process payload token, because every
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from icmplib import ICMPv4Socket, ICMPv6Socket
 from icmplib.exceptions import ICMPLibError, SocketPermissionError
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value, asm-generic
+from . import kernelstamps
+
 SOL_RAW = 255
 ICMP_FILTER = 1
 ICMP6_FILTER = 1
@@ -45,11 +46,10 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # Linux socket options Python 3.11 does not name.
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
 IPV6_MTU, IPV6_DONTFRAG = 24, 62
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
 # IP and ICMP header bytes in front of an echo payload, per family.
 HEADER_BYTES = {4: 20 + 8, 6: 40 + 8}
 MAX_PACKET_BYTES = 65535  # IPv4 total length; IPv6 payload length plus its header
-_TIMESPEC = struct.Struct("@qq")
-_ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 # Our payload starts with: 8-byte process token, 8-byte probe counter.
 PAYLOAD_HEADER = struct.Struct("!8sQ")
 _ECHO_REPLY = struct.Struct("!BBHHH8sQ")  # header + the start of our payload
@@ -117,12 +117,17 @@ class _EchoMixin:
     def _prepare(self, dont_fragment: bool) -> None:
         sock = self._sock
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        kernelstamps.enable(sock)
         # Capped by net.core.rmem_max; the default size still works.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         if dont_fragment and self._IP_VERSION == 6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+            except OSError as exc:  # qemu-user knows only the path-MTU setting
+                if exc.errno != errno.ENOPROTOOPT:
+                    raise
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
         elif dont_fragment:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         # Raw sockets pick an id nobody else on the host is likely to use;
@@ -171,12 +176,12 @@ class _EchoMixin:
         header_at = self._ICMP_HEADER_OFFSET if self._privileged else 0
         size = header_at + _ECHO_REPLY.size
         unpack = _ECHO_REPLY.unpack_from
-        unpack_stamp = _TIMESPEC.unpack_from
+        kernel_stamp = kernelstamps.stamp_ns
         echo_reply = self._ICMP_ECHO_REPLY
         ident = self.ident if self._privileged else -1
         for _ in range(limit):
             try:
-                data, ancdata, _flags, addr = recvmsg(2048, _ANCILLARY_SPACE)
+                data, ancdata, _flags, addr = recvmsg(2048, kernelstamps.ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             if len(data) < size:
@@ -184,10 +189,8 @@ class _EchoMixin:
             icmp_type, _code, _sum, reply_id, sequence, token, counter = unpack(data, header_at)
             if icmp_type != echo_reply or (ident >= 0 and reply_id != ident):
                 continue
-            if ancdata and ancdata[0][1] == SO_TIMESTAMPNS:
-                sec, nsec = unpack_stamp(ancdata[0][2])
-                stamp = sec * 1_000_000_000 + nsec
-            else:
+            stamp = kernel_stamp(*ancdata[0]) if ancdata else 0
+            if not stamp:
                 stamp = time.time_ns()
             append((addr[0], sequence, token, counter, stamp))
         return replies

@@ -20,6 +20,8 @@ import struct
 import time
 from typing import Any, NamedTuple
 
+from . import kernelstamps
+
 # Seconds from the NTP epoch (1900-01-01) to the Unix epoch (1970-01-01).
 NTP_UNIX_OFFSET = 2_208_988_800
 BASE_SIZE = 44
@@ -155,13 +157,11 @@ IP_PKTINFO = 8
 IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
 IN_PKTINFO = struct.Struct("@i4s4s")  # ifindex, spec_dst, addr
 IN6_PKTINFO = struct.Struct("@16si")  # addr, ifindex
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-TIMESPEC = struct.Struct("@qq")
 _INT = struct.Struct("@i")
 _TTL_MESSAGES = ((socket.IPPROTO_IP, IP_TTL), (socket.IPPROTO_IPV6, IPV6_HOPLIMIT))
 # Room for a receive stamp, a TTL and the packet's destination in recvmsg's ancillary data.
 ANCILLARY_SPACE = (
-    socket.CMSG_SPACE(TIMESPEC.size)
+    kernelstamps.ANCILLARY_SPACE
     + socket.CMSG_SPACE(_INT.size)
     + socket.CMSG_SPACE(IN6_PKTINFO.size)
 )
@@ -189,7 +189,7 @@ def open_udp_socket(family: int, port: int, reflector: bool = False) -> socket.s
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        kernelstamps.enable(sock)
         with contextlib.suppress(OSError):  # capped by net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         sock.setblocking(False)
@@ -214,9 +214,8 @@ def received_at(ancdata: list[tuple[int, int, bytes]]) -> Received:
     stamp, ttl, unicast = 0, 255, True
     reply_from: list[tuple[int, int, bytes]] = []
     for level, kind, value in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-            seconds, ns = TIMESPEC.unpack_from(value)
-            stamp = seconds * 1_000_000_000 + ns
+        if level == socket.SOL_SOCKET:
+            stamp = kernelstamps.stamp_ns(level, kind, value) or stamp
         elif (level, kind) in _TTL_MESSAGES:
             ttl = _INT.unpack_from(value)[0]
         elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:

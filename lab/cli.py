@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 from exporter.diagnose import DiagnoseError, Prometheus, diagnose, render_text
@@ -107,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--window", default="30s")
     demo = commands.add_parser("demo", help="4 nodes, one fault, the loss matrix, then down")
     demo.add_argument("--seconds", type=float, default=35.0)
+    publish = commands.add_parser(
+        "publish", help="images, chart, signatures and SBOMs to a registry on loopback"
+    )
+    publish.add_argument("directory", help="where the registry, packages and keys are kept")
     timer = commands.add_parser("timer")  # internal: run by `fault … --flap` and `fault blip`
     timer.add_argument("timer_json")
     return parser
@@ -301,6 +307,9 @@ def run_demo(lab: Lab, seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> None:
     lab = Lab(args.name)
+    if args.command == "publish":
+        serve_release(Path(args.directory))
+        return
     if args.command not in ("down", "status", "query", "matrix", "timer"):
         ok, why = can_create_namespaces()
         if not ok:
@@ -357,6 +366,32 @@ def run(args: argparse.Namespace) -> None:
         run_demo(Lab(args.name if args.name != "lab" else "demo"), args.seconds)
     elif args.command == "timer":
         lab.faults.run_timer(Timer.from_json(json.loads(args.timer_json)))
+
+
+def serve_release(directory: Path) -> None:
+    """Publish, say where and how to install and verify, serve until interrupted."""
+    from .release import publish
+
+    release = publish(directory.resolve())
+    try:
+        lines = [
+            f"image       {release.image} (amd64, arm64; {release.image_digest})",
+            f"chart (OCI) {release.chart_ref} --version {release.chart_version} --plain-http",
+            f"chart repo  {release.repo_url} (helm repo add …)",
+            f"public key  {release.public_key}",
+            f"SBOMs       {', '.join(str(p) for p in release.sboms.values())}",
+            "",
+            f"helm install node-ping {release.chart_ref} --version {release.chart_version} "
+            "--plain-http",
+            f"cosign verify --key {release.public_key} --insecure-ignore-tlog "
+            f"--allow-http-registry {release.image}",
+            "serving until interrupted (Ctrl-C)",
+        ]
+        print("\n".join(lines), flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        release.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

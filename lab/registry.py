@@ -9,14 +9,17 @@ with buildah and pushed:
 
 - ``pause``: the Kubernetes release's own pause.c, static (scripts/build-nodes.sh),
   in an image of its own as upstream ships it (user 65535);
-- ``node-ping-exporter``: scripts/build-image.sh's image;
+- ``node-ping-exporter``: scripts/build-image.sh's image for this machine's
+  architecture;
 - ``prometheus``: Prometheus and prometheus-operator's config reloader (both built
-  by scripts/build-nodes.sh) on the agent image's Debian base, for the Prometheus
-  the operator runs.
+  by scripts/build-nodes.sh) on the agent's image (the reloader links Debian's
+  libc), for the Prometheus the operator runs.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -32,8 +35,9 @@ from .state import LabError, Workdir
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 NODE_BINARIES = ROOT / ".cache" / "nodes"
 HUB_PORT = 5000
-BASE_IMAGE = "localhost/node-ping-exporter-base:bookworm"  # scripts/build-image.sh's
 VERSION = __version__  # the agent image's tag
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+SOURCE_DIGEST_LABEL = "io.node-ping-exporter.source-digest"
 
 
 def buildah(*args: str, check: bool = True) -> str:
@@ -49,19 +53,28 @@ def has_image(name: str) -> bool:
     return bool(buildah("images", "-q", name, check=False))
 
 
-def agent_image() -> str:
-    """The agent's image, built by scripts/build-image.sh unless there from this very
-    tree (its source-digest label): a lab never runs an agent older than the code."""
-    name = f"localhost/node-ping-exporter:{VERSION}"
+def agent_images(arches: tuple[str, ...] = (ARCH,)) -> dict[str, str]:
+    """The agent's image per architecture (``localhost/node-ping-exporter:VERSION-ARCH``),
+    built by scripts/build-image.sh unless each is there from this very tree (its
+    source-digest label): a lab never runs an agent older than the code. When it
+    builds, the manifest list ``…:VERSION`` joins exactly ``arches``."""
+    names = {arch: f"localhost/node-ping-exporter:{VERSION}-{arch}" for arch in arches}
     script = ["bash", str(ROOT / "scripts" / "build-image.sh")]
     digest = subprocess.run([*script, "--source-digest"], capture_output=True, text=True).stdout
-    label = '{{index .OCIv1.Config.Labels "io.node-ping-exporter.source-digest"}}'
-    built = buildah("inspect", "--type", "image", "--format", label, name, check=False)
-    if not digest.strip() or built != digest.strip():
-        result = subprocess.run(script, capture_output=True, text=True)
+    label = "{{index .OCIv1.Config.Labels " + f'"{SOURCE_DIGEST_LABEL}"' + "}}"
+    built = {buildah("inspect", "--type", "image", "--format", label, name, check=False)
+             for name in names.values()}  # fmt: skip
+    if not digest.strip() or built != {digest.strip()}:
+        env = {**os.environ, "ARCHES": " ".join(arches)}
+        result = subprocess.run(script, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise LabError(f"building the agent image failed: {result.stderr.strip()[-500:]}")
-    return name
+    return names
+
+
+def agent_image() -> str:
+    """The agent's image for this machine's architecture."""
+    return agent_images()[ARCH]
 
 
 def pause_image(tag: str) -> str:
@@ -77,14 +90,13 @@ def pause_image(tag: str) -> str:
 
 def prometheus_image() -> str:
     """Prometheus (built with Kubernetes discovery, scripts/build-nodes.sh: Debian's has
-    none) and prometheus-operator's config reloader, on the agent image's Debian base,
-    where the operator expects them (/bin)."""
+    none) and prometheus-operator's config reloader, on the agent's image (its libc
+    serves the reloader), where the operator expects them (/bin)."""
     binary = NODE_BINARIES / "prometheus"
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
     name = f"localhost/prometheus:v{version.stdout.split()[2]}"
     if not has_image(name):
-        agent_image()  # makes the base
-        container = buildah("from", BASE_IMAGE)
+        container = buildah("from", agent_image())
         buildah("copy", container, str(binary), "/bin/prometheus")
         reloader = NODE_BINARIES / "prometheus-config-reloader"
         buildah("copy", container, str(reloader), "/bin/prometheus-config-reloader")
@@ -93,6 +105,31 @@ def prometheus_image() -> str:
         buildah("commit", "--quiet", container, name)
         buildah("rm", container)
     return name
+
+
+def start_registry(storage: Path, log: Path) -> tuple[int, int]:
+    """A registry serving ``storage`` on a free port of the host's loopback (plain
+    HTTP), its configuration beside the storage; its pid and port once it answers."""
+    if not REGISTRY_BINARY.exists():
+        raise LabError(f"{REGISTRY_BINARY} is missing (apt-get install docker-registry)")
+    port = free_port()
+    storage.mkdir(parents=True, exist_ok=True)
+    config = storage.with_name(storage.name + ".yml")
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    pid = spawn([str(REGISTRY_BINARY), "serve", str(config)], log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/v2/"], capture_output=True)
+        if probe.returncode == 0:
+            return pid, port
+        time.sleep(0.2)
+    kill_all({pid})  # the registry runs on the host: nothing else would
+    raise LabError(f"the registry did not start (its log: {log})")
 
 
 class Registry:
@@ -106,33 +143,14 @@ class Registry:
     def start(self) -> tuple[dict[str, int], int]:
         """The registry and its forwarder: their pids by name, and the registry's port
         on the host's loopback."""
-        if not REGISTRY_BINARY.exists():
-            raise LabError(f"{REGISTRY_BINARY} is missing (apt-get install docker-registry)")
-        port = free_port()
-        self.storage.mkdir(parents=True, exist_ok=True)
-        config = self.workdir.path / "registry.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log: {level: warn}\n"
-            f"storage: {{filesystem: {{rootdirectory: {self.storage}}}}}\n"
-            f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        )
-        pids = {"registry": spawn([str(REGISTRY_BINARY), "serve", str(config)],
-                                  self.workdir.logs / "registry.log")}  # fmt: skip
+        pid, port = start_registry(self.storage, self.workdir.logs / "registry.log")
+        pids = {"registry": pid}
         pids["registry-forwarder"] = self.workdir.spawn(
             [sys.executable, "-m", "lab.forward", self.network.hub.name, LAB_ADDRESS,
              str(HUB_PORT), "127.0.0.1", str(port)],
             "registry-forwarder.log",
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            probe = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/v2/"],
-                                   capture_output=True)  # fmt: skip
-            if probe.returncode == 0:
-                return pids, port
-            time.sleep(0.2)
-        kill_all(set(pids.values()))  # the registry runs on the host: nothing else would
-        raise LabError(f"the registry did not start (logs in {self.workdir.logs})")
+        return pids, port
 
     @staticmethod
     def push(port: int, image: str, name: str) -> str:

@@ -1,96 +1,124 @@
 #!/usr/bin/env bash
-# Builds the container image without a Docker engine: buildah (vfs storage,
-# chroot isolation) from a Debian bookworm base made with debootstrap. The base
-# is cached in $NPE_IMAGE_CACHE (default /var/cache/node-ping-exporter) and in
-# buildah's storage, so only a fresh machine pays for debootstrap.
-# Then runs the agent's --version and --check-config inside the image and
-# prints the image size. Needs root.
+# Builds the agent's image for amd64 and arm64 without a Docker engine and without
+# a shell, package manager, perl or locales in it: each architecture's root
+# filesystem is assembled from Debian bookworm .debs and wheels
+# (scripts/assemble-rootfs.sh), committed `from scratch` with buildah (vfs storage),
+# and the two images joined in one manifest list:
+#
+#   localhost/node-ping-exporter:VERSION-amd64, …-arm64   the images
+#   localhost/node-ping-exporter:VERSION                  the manifest list
+#
+# Each image then runs the agent's --version and --check-config (arm64 under
+# qemu-user) and its contents are checked. ARCHES="amd64" builds one only.
+# `--source-digest` prints the digest of what the image is built from. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE=localhost/node-ping-exporter:$VERSION
-BASE=localhost/node-ping-exporter-base:bookworm
-CACHE=${NPE_IMAGE_CACHE:-/var/cache/node-ping-exporter}
-BASE_TAR=$CACHE/debian-bookworm-minbase.tar
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+REPOSITORY=localhost/node-ping-exporter
+IMAGE=$REPOSITORY:$VERSION
+ARCHES=${ARCHES:-amd64 arm64}
+SOURCE_URL=https://github.com/node-ping-exporter/node-ping-exporter
 buildah() { command buildah --storage-driver vfs "$@"; }
 
 # What the image is built from, as one digest (labelled on the image): the lab
-# rebuilds an image whose label differs from the tree's (`--source-digest` prints it).
+# rebuilds an image whose label differs from the tree's.
 source_digest() {
-  find Dockerfile requirements.txt pyproject.toml README.md exporter scripts/build-image.sh -type f \
+  find requirements.txt pyproject.toml README.md exporter scripts/build-image.sh \
+    scripts/assemble-rootfs.sh scripts/trace-imports.py scripts/binfmt-arm64.sh -type f \
     ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
     | sha256sum | cut -c1-16
 }
 if [ "${1:-}" = "--source-digest" ]; then source_digest; exit 0; fi
 DIGEST=$(source_digest)
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+CREATED=$(git log -1 --format=%ct 2>/dev/null || date +%s)  # reproducible: the commit's time
 
-for tool in buildah debootstrap; do
-  command -v "$tool" >/dev/null || { echo "build-image: '$tool' is not installed (apt-get install $tool)" >&2; exit 1; }
+command -v buildah >/dev/null || { echo "build-image: buildah is not installed (apt-get install buildah)" >&2; exit 1; }
+case " $ARCHES " in *" arm64 "*) scripts/binfmt-arm64.sh ;; esac
+
+work=$(mktemp -d)
+containers=()
+cleanup() {
+  local status=$?
+  for ctr in "${containers[@]}"; do buildah rm "$ctr" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+  # A failed check takes the images with it: their source-digest label must not
+  # let the lab take them for a good build of this tree.
+  if [ "$status" -ne 0 ]; then
+    for arch in $ARCHES; do buildah rmi -f "$IMAGE-$arch" >/dev/null 2>&1 || true; done
+  fi
+}
+trap cleanup EXIT
+
+for arch in $ARCHES; do
+  echo "assembling the $arch root filesystem"
+  scripts/assemble-rootfs.sh "$arch" "$work/$arch" >/dev/null
+done
+# Bytecode for what the agent imports, listed by the image's own interpreter
+# (amd64, chrooted; -B: the trace writes nothing), then compiled in every tree.
+chroot "$work/amd64" /usr/bin/python3.11 -IB -c "$(cat scripts/trace-imports.py)" > "$work/imports"
+for arch in $ARCHES; do
+  triplet=$([ "$arch" = arm64 ] && echo aarch64 || echo x86_64)-linux-gnu
+  sed "s/x86_64-linux-gnu/$triplet/g" "$work/imports" > "$work/imports-$arch"
+  echo "$arch: bytecode for $(scripts/assemble-rootfs.sh --compile "$work/imports-$arch" "$work/$arch") imported modules"
 done
 
-if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
-  if [ ! -s "$BASE_TAR" ]; then
-    echo "debootstrap: Debian bookworm minbase (cached in $BASE_TAR)"
-    mkdir -p "$CACHE"
-    rootfs=$(mktemp -d)
-    debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-      || { tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -cf "$BASE_TAR.tmp" . && mv "$BASE_TAR.tmp" "$BASE_TAR"
-    rm -rf "$rootfs"
-  fi
-  ctr=$(buildah from scratch)
+for arch in $ARCHES; do
+  ctr=$(buildah from --arch "$arch" scratch)
+  containers+=("$ctr")
   mnt=$(buildah mount "$ctr")
-  tar -C "$mnt" -xf "$BASE_TAR"
+  cp -a "$work/$arch/." "$mnt/"
   buildah umount "$ctr" >/dev/null
-  buildah config --cmd /bin/bash "$ctr"
-  buildah commit --quiet "$ctr" "$BASE" >/dev/null
-  buildah rm "$ctr" >/dev/null
-fi
+  metadata=()
+  for pair in "title=node-ping-exporter" \
+    "description=Per-pair ICMP loss and RTT between Kubernetes nodes, for Prometheus" \
+    "source=$SOURCE_URL" "revision=$REVISION" "version=$VERSION" "licenses=Apache-2.0" \
+    "created=$(date -u -d "@$CREATED" +%Y-%m-%dT%H:%M:%SZ)" \
+    "base.name=debian:bookworm (packages, no base image)"; do
+    metadata+=(--label "org.opencontainers.image.$pair" --annotation "org.opencontainers.image.$pair")
+  done
+  buildah config --arch "$arch" --os linux --user 65534:65534 --port 9798 \
+    --entrypoint '["/opt/node-ping-exporter/bin/node-ping-exporter"]' --cmd '' \
+    --env PATH=/opt/node-ping-exporter/bin:/usr/bin --env LANG=C.UTF-8 \
+    --label "io.node-ping-exporter.source-digest=$DIGEST" "${metadata[@]}" "$ctr"
+  buildah commit --quiet --format oci --timestamp "$CREATED" "$ctr" "$IMAGE-$arch" >/dev/null
+done
 
-# pip inside the build trusts what pip on this host trusts (a TLS-inspecting
-# proxy's CA, say): the bundle is mounted for the build stage, never copied in.
-ca_args=()
-host_ca=${PIP_CERT:-${SSL_CERT_FILE:-}}
-if [ -n "$host_ca" ] && [ -s "$host_ca" ]; then
-  ca_args=(--volume "$host_ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
-fi
+# Inside each image: the version, a valid configuration, a bad one refused, and
+# nothing but the agent and the interpreter it needs.
+for arch in $ARCHES; do
+  ctr=$(buildah from --arch "$arch" "$IMAGE-$arch")
+  containers+=("$ctr")
+  run() { buildah run --isolation chroot "$ctr" -- "$@"; }
+  echo "$arch: $(run node-ping-exporter --version)"
+  echo "$arch: $(run node-ping-exporter --check-config --node-name image-check --peer a=10.0.0.1 --peer b=fd00::2)"
+  if out=$(run node-ping-exporter --check-config --interval 0 2>&1); then
+    echo "build-image: $arch: a bad configuration was accepted" >&2; exit 1
+  fi
+  echo "$arch: bad configuration refused: ${out%%$'\n'*}"  # buildah adds its own lines
+  mnt=$(buildah mount "$ctr")
+  for absent in bin/sh usr/bin/sh bin/bash usr/bin/perl usr/bin/apt-get usr/bin/dpkg usr/share/locale usr/lib/locale; do
+    if [ -e "$mnt/$absent" ] || [ -L "$mnt/$absent" ]; then
+      echo "build-image: $arch: the image holds /$absent" >&2; exit 1
+    fi
+  done
+  site=$mnt/opt/node-ping-exporter/lib/python3.11/site-packages
+  packages=$(cd "$site" && ls -d ./*.dist-info | sed 's|^\./||; s|-[0-9].*||' | sort | tr '\n' ' ')
+  case " $packages " in
+    *" node_ping_lab "* | *" aiohttp "*) echo "build-image: $arch: unwanted packages: $packages" >&2; exit 1 ;;
+  esac
+  echo "$arch: python packages: $packages"
+  buildah umount "$ctr" >/dev/null
+  [ "$(buildah inspect --format '{{.OCIv1.Config.User}}' "$IMAGE-$arch")" = "65534:65534" ] \
+    || { echo "build-image: $arch: the image does not run as 65534" >&2; exit 1; }
+  echo "image $IMAGE-$arch: $(buildah images --format '{{.Size}}' "$IMAGE-$arch")"
+done
 
-echo "building $IMAGE from $BASE"
-buildah bud --quiet --isolation chroot --layers=false --build-arg "BASE_IMAGE=$BASE" \
-  --build-arg "VERSION=$VERSION" --label "io.node-ping-exporter.source-digest=$DIGEST" \
-  "${ca_args[@]}" -t "$IMAGE" -f Dockerfile . >/dev/null
-
-# Inside the image: the version, a valid configuration, and a bad one refused.
-# A check that fails takes the image with it: its source-digest label must not let
-# the lab take it for a good build of this tree.
-ctr=$(buildah from "$IMAGE")
-trap 'status=$?; buildah rm "$ctr" >/dev/null 2>&1 || true
-  [ "$status" -eq 0 ] || buildah rmi -f "$IMAGE" >/dev/null 2>&1 || true' EXIT
-run() { buildah run --isolation chroot "$ctr" -- "$@"; }
-run node-ping-exporter --version
-run node-ping-exporter --check-config --node-name image-check --peer a=10.0.0.1 --peer b=fd00::2
-if out=$(run node-ping-exporter --check-config --interval 0 2>&1); then
-  echo "build-image: a bad configuration was accepted" >&2; exit 1
-fi
-echo "bad configuration refused: $out"
-# The agent alone: its package and command, nothing of the lab (the node-ping-lab
-# distribution, lab/pyproject.toml), whatever pyproject.toml or the Dockerfile say.
-read -r -d '' contents_py <<'PY' || true
-import importlib.metadata, importlib.util, pathlib, sys
-files = importlib.metadata.distribution("node-ping-exporter").files or []
-packages = {f.parts[0] for f in files if f.parts[0] != ".." and not f.parts[0].endswith(".dist-info")}
-commands = {p.name for p in pathlib.Path(sys.prefix, "bin").glob("node-ping-*")}
-lab = "present" if importlib.util.find_spec("lab") else "absent"
-print(f"packages: {' '.join(sorted(packages))}; commands: {' '.join(sorted(commands))}; lab: {lab}")
-PY
-contents=$(run python3 -c "$contents_py")
-echo "image contents: $contents"
-[ "$contents" = "packages: exporter; commands: node-ping-exporter; lab: absent" ] \
-  || { echo "build-image: the image holds more than the agent" >&2; exit 1; }
-[ "$(buildah inspect --format '{{.OCIv1.Config.User}}' "$IMAGE")" = "65534:65534" ] \
-  || { echo "build-image: the image does not run as 65534" >&2; exit 1; }
-size=$(buildah images --format '{{.Size}}' "$IMAGE")
-echo "image $IMAGE: $size"
+# One name for every architecture: the manifest list (replacing a previous one).
+buildah manifest rm "$IMAGE" >/dev/null 2>&1 || buildah rmi -f "$IMAGE" >/dev/null 2>&1 || true
+buildah manifest create "$IMAGE" >/dev/null
+for arch in $ARCHES; do
+  buildah manifest add --arch "$arch" --os linux "$IMAGE" "containers-storage:$IMAGE-$arch" >/dev/null
+done
+echo "manifest list $IMAGE: $ARCHES"

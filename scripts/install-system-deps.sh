@@ -7,11 +7,12 @@ set -euo pipefail
 need=()
 for pair in ip:iproute2 nft:nftables fping:fping curl:curl ping:iputils-ping setpriv:util-linux \
   prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter \
-  buildah:buildah debootstrap:debootstrap openssl:openssl runc:runc docker-registry:docker-registry \
+  buildah:buildah qemu-aarch64-static:qemu-user-static aarch64-linux-gnu-strip:binutils-aarch64-linux-gnu openssl:openssl runc:runc docker-registry:docker-registry \
   gcc:gcc nsenter:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
-# The lab's Kubernetes nodes: CNI plugins (containerd's loopback network) and a static
+# The image: buildah; arm64's is stripped with binutils for aarch64 and run under
+# qemu-user (scripts/build-image.sh). The lab's Kubernetes nodes: CNI plugins (containerd's loopback network) and a static
 # libc for the pause binary (scripts/build-nodes.sh).
 [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Installs the tools the checks use, into .cache: Helm 3 and Helm 4 built from the
-# Go module proxy, checkov from PyPI, stamp-suite (a STAMP implementation nobody
+# Installs the tools the checks use, into .cache: Helm 3, Helm 4, helm-docs, cosign
+# and syft built from the Go module proxy, checkov from PyPI, stamp-suite (a STAMP implementation nobody
 # here wrote, for the interoperability tests) from crates.io. Skips what is already there (a
 # fresh machine pays a few minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM3_VERSION=v3.19.0
 HELM4_VERSION=v4.3.1
+# The release checks (tests/test_release.py): signing, SBOM, the chart's README.
+COSIGN_VERSION=v3.1.3
+SYFT_VERSION=v1.57.2
+HELM_DOCS_VERSION=v1.14.2
 # Built once per machine, outside the clone (a fresh clone reuses them);
 # .cache/bin and .cache/checkov in the clone point there.
 store=${NPE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/node-ping-exporter}
@@ -25,6 +29,9 @@ build() {  # name module version
 if command -v go >/dev/null 2>&1; then
   build helm3 helm.sh/helm/v3/cmd/helm "$HELM3_VERSION"
   build helm4 helm.sh/helm/v4/cmd/helm "$HELM4_VERSION"
+  build helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION"
+  build cosign github.com/sigstore/cosign/v3/cmd/cosign "$COSIGN_VERSION"
+  build syft github.com/anchore/syft/cmd/syft "$SYFT_VERSION"
 else
   echo "Go is not installed: the chart checks will skip" >&2
 fi

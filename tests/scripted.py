@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from exporter import kernelstamps
 from exporter.engine import Prober
 from exporter.icmp import EchoReply, RequestBuilder
 from exporter.stamp import ntp_timestamp, pack_reflector, unpack_sender
@@ -104,8 +105,6 @@ class ScriptedSocket:
 # (address, send time in s) -> whether the STAMP packet reaches the peer's reflector
 Forward = Callable[[str, float], bool]
 REFLECTOR_HOLDS_NS = 10_000
-_TIMESPEC = struct.Struct("@qq")
-SO_TIMESTAMPNS = 35
 
 
 class ScriptedStampSocket:
@@ -158,8 +157,8 @@ class ScriptedStampSocket:
         if not self._arrivals or self._arrivals[0][0] > self.clock.time_ns():
             raise BlockingIOError
         arrival, _, reply, host, port = heapq.heappop(self._arrivals)
-        stamp = _TIMESPEC.pack(*divmod(arrival, 10**9))
-        return reply, [(1, SO_TIMESTAMPNS, stamp)], 0, (host, port)
+        stamp = kernelstamps.STAMP.pack(*divmod(arrival, 10**9))
+        return reply, [(1, kernelstamps.SO_TIMESTAMPNS, stamp)], 0, (host, port)
 
     def close(self) -> None:
         pass

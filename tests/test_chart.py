@@ -793,6 +793,33 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
     assert not sidecar_configmaps(sets("dashboards.enabled=false"))
 
 
+def test_a_chart_version_bump_alone_restarts_no_agent(tmp_path: Path) -> None:
+    """The pod template carries no chart or app version: a chart that changes only its
+    version (and appVersion, with the image pinned) renders the same pod template, so
+    the DaemonSet controller restarts nothing."""
+    helm_binaries()
+    bumped = tmp_path / "chart"
+    shutil.copytree(CHART, bumped)
+    chart_yaml = bumped / "Chart.yaml"
+    meta = yaml.safe_load(chart_yaml.read_text())
+    meta["version"], meta["appVersion"] = "99.0.0", "99.0.0"
+    chart_yaml.write_text(yaml.safe_dump(meta))
+    pinned = sets(f"image.tag={yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}")
+
+    def pod_template(chart: Path) -> dict[str, Any]:
+        objects = [d for d in yaml.safe_load_all(helm_template(pinned, chart=chart)) if d]
+        (daemonset,) = by_kind(objects, "DaemonSet")
+        return dict(daemonset["spec"]["template"])
+
+    before, after = pod_template(CHART), pod_template(bumped)
+    assert before == after
+    assert "helm.sh/chart" not in before["metadata"]["labels"]
+    # the objects themselves still say which chart made them
+    objects = [d for d in yaml.safe_load_all(helm_template(pinned, chart=bumped)) if d]
+    (daemonset,) = by_kind(objects, "DaemonSet")
+    assert daemonset["metadata"]["labels"]["helm.sh/chart"] == "node-ping-exporter-99.0.0"
+
+
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Service"}
 SERVED = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
           "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
@@ -1283,7 +1310,10 @@ def test_textfile_init_container_makes_the_directory_writable(tmp_path: Path) ->
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         before = subprocess.run(agent, capture_output=True, text=True, env=env, cwd="/")
         assert before.returncode == 2 and "not writable by uid 65534" in before.stderr
-        command = [directory.as_posix() if a == "/textfile" else a for a in init["command"]]
+        # the image's entry point is the agent: the init container passes it arguments
+        assert "command" not in init
+        args = [directory.as_posix() if a == "/textfile" else a for a in init["args"]]
+        command = [sys.executable, "-m", "exporter", *args]
         only = "-all," + ",".join(
             f"+{c.lower()}" for c in init["securityContext"]["capabilities"]["add"]
         )
@@ -1291,7 +1321,7 @@ def test_textfile_init_container_makes_the_directory_writable(tmp_path: Path) ->
             subprocess.run(
                 ["setpriv", f"--bounding-set={only}", f"--inh-caps={only}", "--no-new-privs",
                  *command],
-                check=True,
+                check=True, env=env, cwd="/",
             )  # fmt: skip
             stat = directory.stat()
             assert (stat.st_gid, oct(stat.st_mode & 0o7777)) == (65534, "0o775")
@@ -1448,3 +1478,39 @@ def test_ip_addresses_through_helm() -> None:
         if result.returncode == 0 and not agent_ok:
             mismatches.append(f"{helm.name} target {host!r}: the agent refuses it")
     assert not mismatches, "\n".join(mismatches)
+
+
+HELM_DOCS = ROOT / ".cache" / "bin" / "helm-docs"
+HELM_DOCS_ARGS = ["-c", "chart", "-s", "file", "--skip-version-footer"]  # as `make chart-readme`
+
+
+@pytest.mark.skipif(not HELM_DOCS.exists(), reason="helm-docs is not built (make deps)")
+def test_the_chart_readme_is_generated_from_values_comments() -> None:
+    """chart/README.md is what helm-docs makes of README.md.gotmpl and values.yaml's
+    comments now (`make chart-readme` regenerates it), and every value in its table
+    has a description."""
+    result = subprocess.run(
+        [str(HELM_DOCS), "--dry-run", *HELM_DOCS_ARGS], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "chart" / "README.md").read_text(), (
+        "chart/README.md is behind chart/values.yaml or README.md.gotmpl: run `make chart-readme`"
+    )
+    table = result.stdout.split("| Key | Type | Default | Description |", 1)[1].split("\n\n", 1)[0]
+    rows = [row.split(" | ") for row in table.strip().splitlines()[1:]]
+    assert len(rows) > 100
+    undocumented = [row[0].lstrip("| ") for row in rows if not row[-1].strip(" |")]
+    assert not undocumented
+
+
+def test_artifact_hub_annotations_describe_the_release() -> None:
+    chart = yaml.safe_load((ROOT / "chart" / "Chart.yaml").read_text())
+    notes = chart["annotations"]
+    assert notes["artifacthub.io/license"] == "Apache-2.0"
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    values = yaml.safe_load((ROOT / "chart" / "values.yaml").read_text())
+    assert image["image"] == f"{values['image']['repository']}:{chart['appVersion']}"
+    assert image["platforms"] == ["linux/amd64", "linux/arm64"]
+    changes = yaml.safe_load(notes["artifacthub.io/changes"])
+    kinds = {"added", "changed", "deprecated", "removed", "fixed", "security"}
+    assert changes and all(c["kind"] in kinds and c["description"] for c in changes)

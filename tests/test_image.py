@@ -1,5 +1,6 @@
-"""The container image really builds (buildah, vfs, chroot, from a debootstrap base)
-and the agent inside it answers --version and validates a configuration; the image
+"""The container images really build (buildah, vfs, from Debian packages and wheels,
+amd64 and arm64) and the agent inside each answers --version, validates a
+configuration and pings loopback unprivileged (arm64 under qemu-user); the image
 and the agent's wheel hold the agent alone, the lab is a distribution of its own."""
 
 from __future__ import annotations
@@ -10,36 +11,87 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from exporter import __version__
+
 from .conftest import ROOT
 
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="buildah with chroot isolation needs root")
-@pytest.mark.skipif(
-    shutil.which("buildah") is None or shutil.which("debootstrap") is None,
-    reason="buildah and debootstrap are not installed (make deps installs them)",
+needs_buildah = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("buildah") or not shutil.which("qemu-aarch64-static"),
+    reason="needs root, buildah and qemu-user-static (make deps installs them)",
 )
-def test_image_builds_and_runs_the_agent() -> None:
+ARCHES = ("amd64", "arm64")
+SIZES = {"kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+@pytest.fixture(scope="module")
+def build_output() -> str:
+    """scripts/build-image.sh, both architectures, run once for the module."""
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-image.sh")],
         capture_output=True,
         text=True,
         timeout=1800,
+        env={**os.environ, "ARCHES": " ".join(ARCHES)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
-    assert re.search(r"^node-ping-exporter \d+\.\d+\.\d+$", out, re.M), out
-    assert "configuration OK: node image-check, discovery static, 2 static peers" in out
-    assert "bad configuration refused: node-ping-exporter: invalid setting 'interval'" in out
-    # No `lab` package and no lab command (node-ping-lab, node-ping-controlplane) in it.
-    assert "image contents: packages: exporter; commands: node-ping-exporter; lab: absent" in out
-    size = re.search(r"^image (\S+): (.+)$", out, re.M)
+    return result.stdout
+
+
+@needs_buildah
+@pytest.mark.parametrize("arch", ARCHES)
+def test_image_builds_and_runs_the_agent(arch: str, build_output: str) -> None:
+    """Each architecture's image answers --version and --check-config (arm64 under
+    qemu-user), refuses a bad setting, holds no shell, perl, package manager or
+    locales (the script checks, and fails the build otherwise) and no lab."""
+    out = build_output
+    assert re.search(rf"^{arch}: node-ping-exporter \d+\.\d+\.\d+$", out, re.M), out
+    assert f"{arch}: configuration OK: node image-check, discovery static, 2 static peers" in out
+    refused = f"{arch}: bad configuration refused: node-ping-exporter: invalid setting 'interval'"
+    assert refused in out
+    packages = re.search(rf"^{arch}: python packages: (.*)$", out, re.M)
+    assert packages and "node_ping_exporter" in packages[1].split(), out
+    assert not {"node_ping_lab", "aiohttp", "pip", "setuptools"} & set(packages[1].split())
+    assert f"manifest list localhost/node-ping-exporter:{__version__}: amd64 arm64" in out
+    size = re.search(rf"^image (\S+-{arch}): ([\d.]+) (\w+)$", out, re.M)
     assert size, out
-    print(f"\n{size.group(1)}: {size.group(2)}")
+    megabytes = float(size[2]) * SIZES[size[3]] / 1e6
+    print(f"\n{size[1]}: {megabytes:.1f} MB")
+    assert megabytes <= 150
+
+
+@needs_buildah
+@pytest.mark.parametrize("arch", ARCHES)
+def test_the_image_pings_loopback_unprivileged(arch: str, build_output: str) -> None:
+    """The agent of each image, as uid 65534 with no capability in a private network
+    namespace (arm64 under emulation), pings 127.0.0.1 and ::1 and serves /metrics."""
+    from lab.imagerun import metric, running_image, start_agent, wait_ready
+
+    with running_image(f"localhost/node-ping-exporter:{__version__}-{arch}") as image:
+        agent = start_agent(image, 9798, ["v4=127.0.0.1", "v6=::1"])
+        try:
+            assert wait_ready(image, 9798, deadline_s=90) is not None, agent.stderr
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                exposition = image.get(9798, "/metrics")
+                received = [metric(exposition, "kube_node_ping_packets_received_total",
+                                   destination_node=peer) for peer in ("v4", "v6")]  # fmt: skip
+                if all(count and count >= 3 for count in received):
+                    break
+                time.sleep(0.5)
+            assert all(count and count >= 3 for count in received), exposition[-3000:]
+            # ip netns exec, unshare, bash and chroot each exec the next: one pid
+            status = Path(f"/proc/{agent.pid}/status").read_text()
+            assert re.search(r"^Uid:\s+65534\s", status, re.M), status
+            assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
 
 
 def wheel_contents(source: Path, out: Path) -> tuple[set[str], set[str], list[str]]:

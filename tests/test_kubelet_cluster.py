@@ -97,7 +97,8 @@ def agent_processes(lab: Lab) -> dict[str, int]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(part.endswith(b"node-ping-exporter") for part in cmdline[:2]):
+            # python3.11 -IBu /opt/node-ping-exporter/bin/node-ping-exporter …
+            if any(part.endswith(b"/node-ping-exporter") for part in cmdline[:3]):
                 out[node] = int(pid)
     return out
 

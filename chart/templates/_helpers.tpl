@@ -43,6 +43,18 @@ app.kubernetes.io/part-of: node-ping-exporter
 {{- end }}
 {{- end }}
 
+{{/* The pod template's labels: the standard ones without the chart's and the app's
+    version, so that a chart upgrade that changes nothing in the pods restarts none of
+    them (a new image or setting still does, through the image and the config checksum). */}}
+{{- define "npe.podLabels" -}}
+{{ include "npe.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: node-ping-exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "npe.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "npe.fullname" .) .Values.serviceAccount.name }}
