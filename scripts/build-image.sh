@@ -82,7 +82,10 @@ for arch in $ARCHES; do
     --entrypoint '["/opt/node-ping-exporter/bin/node-ping-exporter"]' --cmd '' \
     --env PATH=/opt/node-ping-exporter/bin:/usr/bin --env LANG=C.UTF-8 \
     --label "io.node-ping-exporter.source-digest=$DIGEST" "${metadata[@]}" "$ctr"
+  previous=$(buildah images --quiet "$IMAGE-$arch" 2>/dev/null || true)
   buildah commit --quiet --format oci --timestamp "$CREATED" "$ctr" "$IMAGE-$arch" >/dev/null
+  # The image this one replaces, now untagged: vfs keeps a full copy of each.
+  [ -z "$previous" ] || buildah rmi "$previous" >/dev/null 2>&1 || true
 done
 
 # Inside each image: the version, a valid configuration, a bad one refused, and
