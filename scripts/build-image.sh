@@ -18,7 +18,6 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REPOSITORY=localhost/node-ping-exporter
 IMAGE=$REPOSITORY:$VERSION
 ARCHES=${ARCHES:-amd64 arm64}
-SOURCE_URL=https://github.com/node-ping-exporter/node-ping-exporter
 buildah() { command buildah --storage-driver vfs "$@"; }
 
 # What the image is built from, as one digest (labelled on the image): the lab
@@ -32,6 +31,8 @@ source_digest() {
 if [ "${1:-}" = "--source-digest" ]; then source_digest; exit 0; fi
 DIGEST=$(source_digest)
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Where the source is: SOURCE_URL (a release sets it), else the clone's origin.
+SOURCE_URL=${SOURCE_URL:-$(git remote get-url origin 2>/dev/null || echo unknown)}
 CREATED=$(git log -1 --format=%ct 2>/dev/null || date +%s)  # reproducible: the commit's time
 
 command -v buildah >/dev/null || { echo "build-image: buildah is not installed (apt-get install buildah)" >&2; exit 1; }

@@ -58,13 +58,17 @@ def test_one_tag_serves_both_architectures_with_provenance(release: Any) -> None
     index = manifest(release, f"node-ping-exporter/manifests/{__version__}", INDEX)
     platforms = {(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]}
     assert platforms == {("linux", "amd64"), ("linux", "arm64")}
-    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return result.stdout.strip() or "unknown"
+
+    revision, origin = git("rev-parse", "HEAD"), git("remote", "get-url", "origin")
     for arch, digest in release.platform_digests.items():
         image = manifest(release, f"node-ping-exporter/manifests/{digest}")
         notes = image["annotations"]
         assert notes["org.opencontainers.image.version"] == __version__
-        assert notes["org.opencontainers.image.revision"] == (revision or "unknown")
+        assert notes["org.opencontainers.image.revision"] == revision
+        assert notes["org.opencontainers.image.source"] == os.environ.get("SOURCE_URL", origin)
         assert notes["org.opencontainers.image.licenses"] == "Apache-2.0"
         compressed = sum(layer["size"] for layer in image["layers"])
         print(f"\n{arch}: {len(image['layers'])} layer(s), {compressed / 1e6:.1f} MB compressed")
