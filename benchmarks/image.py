@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,18 +63,20 @@ def start_to_ready(image: RunningImage, runs: int) -> tuple[float, float]:
     """Median seconds to /readyz, and the median RSS (MB) 5 s after."""
     ready, rss = [], []
     for _ in range(runs):
-        agent = start_agent(image, PORT, ["v4=127.0.0.1", "v6=::1"])
-        try:
-            seconds = wait_ready(image, PORT, deadline_s=60)
-            if seconds is None:
-                raise SystemExit(f"image.py: the agent never got ready: {agent.stderr}")
-            ready.append(seconds)
-            time.sleep(5)
-            resident = metric(image.get(PORT, "/metrics"), "process_resident_memory_bytes")
-            rss.append((resident or 0) / 1e6)
-        finally:
-            agent.terminate()
-            agent.wait(timeout=30)
+        with tempfile.TemporaryFile() as log:
+            agent = start_agent(image, PORT, ["v4=127.0.0.1", "v6=::1"], log)
+            try:
+                seconds = wait_ready(image, PORT, deadline_s=60)
+                if seconds is None:
+                    log.seek(0)
+                    raise SystemExit(f"image.py: the agent never got ready: {log.read()!r}")
+                ready.append(seconds)
+                time.sleep(5)
+                resident = metric(image.get(PORT, "/metrics"), "process_resident_memory_bytes")
+                rss.append((resident or 0) / 1e6)
+            finally:
+                agent.terminate()
+                agent.wait(timeout=30)
     return statistics.median(ready), statistics.median(rss)
 
 

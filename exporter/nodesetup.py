@@ -11,6 +11,7 @@ containers make, in the agent itself, because the image has no shell.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import stat
 import sys
@@ -20,6 +21,7 @@ from .logs import one_line
 PROG = "node-ping-exporter setup"
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
 ALL_GROUPS = "0 2147483647"
+MAX_GID = 4294967294  # (gid_t)-1 means "leave unchanged"
 
 
 class SetupError(Exception):
@@ -31,13 +33,17 @@ def set_ping_group_range(path: str = PING_GROUP_RANGE) -> str:
         with open(path, "w") as sysctl:
             sysctl.write(ALL_GROUPS + "\n")
     except OSError as exc:
-        raise SetupError(f"{path}: {exc.strerror} (the init container must be privileged)") from exc
+        why = "the init container must be privileged" if exc.errno in (errno.EACCES, errno.EPERM,
+              errno.EROFS) else "is this a Linux node with IPv4?"  # fmt: skip
+        raise SetupError(f"{path}: {exc.strerror} ({why})") from exc
     return f"{path} = {ALL_GROUPS}"
 
 
 def share_textfile_dir(path: str, group: int) -> str:
-    """chgrp + chmod 0775 on the directory itself; a link (or anything but a
-    directory) is refused, never followed."""
+    """chgrp + chmod 0775 on the directory itself: if the path's last component is a
+    link, or anything but a directory, it is refused, never followed. (In the pod the
+    path is the mount point the chart chose; the host path behind it is checked by
+    the chart's schema.)"""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -65,8 +71,8 @@ def main(argv: list[str]) -> int:
         if args.task == "ping-group-range":
             print(set_ping_group_range())
         else:
-            if args.group < 0:
-                parser.error(f"--group {args.group}: a group id is 0 or more")
+            if not 0 <= args.group <= MAX_GID:
+                parser.error(f"--group {args.group}: a group id is 0 to {MAX_GID}")
             print(share_textfile_dir(args.directory, args.group))
     except SetupError as exc:
         print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)

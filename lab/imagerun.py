@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 from .netns import Namespace, run_prefix
 from .registry import buildah
@@ -71,12 +72,14 @@ def wait_ready(image: RunningImage, port: int, deadline_s: float) -> float | Non
     return None
 
 
-def start_agent(image: RunningImage, port: int, peers: Sequence[str]) -> subprocess.Popen[bytes]:
+def start_agent(
+    image: RunningImage, port: int, peers: Sequence[str], log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """The agent pinging ``peers`` (name=address), its output into ``log``."""
     args = ["--node-name", "image", "--listen-address", f"127.0.0.1:{port}"]
     for peer in peers:
         args += ["--peer", peer]
-    return subprocess.Popen(image.command(*args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(image.command(*args), stdout=log, stderr=subprocess.STDOUT)
 
 
 def metric(exposition: str, name: str, **labels: str) -> float | None:

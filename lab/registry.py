@@ -38,6 +38,7 @@ HUB_PORT = 5000
 VERSION = __version__  # the agent image's tag
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 SOURCE_DIGEST_LABEL = "io.node-ping-exporter.source-digest"
+REVISION_LABEL = "org.opencontainers.image.revision"  # the commit it was built from
 
 
 def buildah(*args: str, check: bool = True) -> str:
@@ -56,15 +57,19 @@ def has_image(name: str) -> bool:
 def agent_images(arches: tuple[str, ...] = (ARCH,)) -> dict[str, str]:
     """The agent's image per architecture (``localhost/node-ping-exporter:VERSION-ARCH``),
     built by scripts/build-image.sh unless each is there from this very tree (its
-    source-digest label): a lab never runs an agent older than the code. When it
-    builds, the manifest list ``…:VERSION`` joins exactly ``arches``."""
+    source-digest and revision labels): a lab never runs an agent older than the
+    code. When it builds, the manifest list ``…:VERSION`` joins exactly ``arches``."""
     names = {arch: f"localhost/node-ping-exporter:{VERSION}-{arch}" for arch in arches}
     script = ["bash", str(ROOT / "scripts" / "build-image.sh")]
     digest = subprocess.run([*script, "--source-digest"], capture_output=True, text=True).stdout
-    label = "{{index .OCIv1.Config.Labels " + f'"{SOURCE_DIGEST_LABEL}"' + "}}"
-    built = {buildah("inspect", "--type", "image", "--format", label, name, check=False)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    wanted = f"{digest.strip()} {head or 'unknown'}"  # build-image.sh's "unknown" outside git
+    labels = " ".join("{{index .OCIv1.Config.Labels " + f'"{label}"' + "}}"
+                      for label in (SOURCE_DIGEST_LABEL, REVISION_LABEL))  # fmt: skip
+    built = {buildah("inspect", "--type", "image", "--format", labels, name, check=False)
              for name in names.values()}  # fmt: skip
-    if not digest.strip() or built != {digest.strip()}:
+    if not digest.strip() or built != {wanted}:
         env = {**os.environ, "ARCHES": " ".join(arches)}
         result = subprocess.run(script, capture_output=True, text=True, env=env)
         if result.returncode != 0:

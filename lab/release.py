@@ -11,11 +11,14 @@ Keys are generated for the run (no Fulcio, no Rekor: nothing leaves the machine)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +102,6 @@ def push_images(registry: str) -> tuple[str, str, dict[str, str]]:
 
 def registry_get(registry: str, path: str, accept: str) -> tuple[str, bytes]:
     """One GET of the registry's API: the Docker-Content-Digest header and the body."""
-    import urllib.request
-
     request = urllib.request.Request(f"http://{registry}/v2/{path}", headers={"Accept": accept})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.headers.get("Docker-Content-Digest", ""), response.read()
@@ -159,7 +160,13 @@ def serve_charts(directory: Path, log: Path) -> tuple[int, str]:
     tool("helm3", "repo", "index", str(directory), "--url", url)
     pid = spawn([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                  "--directory", str(directory)], log)  # fmt: skip
-    return pid, url
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/index.yaml", timeout=2):
+            return pid, url
+        time.sleep(0.1)
+    kill_all({pid})
+    raise LabError(f"the chart repository did not start (its log: {log})")
 
 
 def cosign(*args: str, directory: Path) -> str:

@@ -23,7 +23,7 @@ if [ "${1:-}" = "--compile" ]; then
   # Bytecode is the same on every architecture for one CPython minor version: any
   # 3.11 compiles it. unchecked-hash: valid whatever the files' times in the layer.
   "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "compiling needs CPython 3.11"'
-  while read -r file; do [ -f "$root$file" ] && echo "$root$file"; done < "$list" \
+  while read -r file; do if [ -f "$root$file" ]; then echo "$root$file"; fi; done < "$list" \
     | "$python" -m compileall -q -i - -s "$root" -p / --invalidation-mode unchecked-hash >/dev/null
   find "$root" -name '*.pyc' -newer "$list" | wc -l
   exit 0
@@ -59,7 +59,10 @@ apt_options=(-o "APT::Architecture=$arch" -o "APT::Architectures=$arch"
 apt-get -q "${apt_options[@]}" update >/dev/null
 (cd "$state/debs" && rm -f ./*.deb && apt-get -q "${apt_options[@]}" download "${packages[@]}" base-files >/dev/null)
 
-rm -rf "$root" && mkdir -p "$root/var/lib/dpkg/status.d" "$root/etc"
+if [ -e "$root" ] && [ -n "$(ls -A "$root")" ]; then
+  echo "assemble-rootfs.sh: $root exists and is not empty: give a new directory" >&2; exit 2
+fi
+mkdir -p "$root/var/lib/dpkg/status.d" "$root/etc"
 for deb in "$state/debs"/*.deb; do
   package=$(dpkg-deb -f "$deb" Package)
   if [ "$package" = base-files ]; then
@@ -76,9 +79,15 @@ done
 mkdir -p "$root/etc/ssl/certs"
 find "$root/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat > "$root/etc/ssl/certs/ca-certificates.crt"
 rm -rf "$root/usr/share/ca-certificates" "$root/usr/sbin" "$root/etc/ca-certificates.conf"
+# Where OpenSSL looks by default (Debian's openssl package makes these links).
+mkdir -p "$root/usr/lib/ssl"
+ln -s /etc/ssl/certs "$root/usr/lib/ssl/certs"
+ln -s /etc/ssl/certs/ca-certificates.crt "$root/usr/lib/ssl/cert.pem"
 ln -s python3.11 "$root/usr/bin/python3"
-# What no process of the agent's reads.
-rm -rf "$root"/usr/share/{doc,man,lintian,binfmts} "$root/usr/lib/$machine-linux-gnu/gconv" \
+# What no process of the agent's reads; each package's copyright file stays.
+find "$root/usr/share/doc" -mindepth 2 ! -name copyright ! -type d -delete
+find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$root"/usr/share/{man,lintian,binfmts} "$root/usr/lib/$machine-linux-gnu/gconv" \
   "$root"/usr/lib/python3.11/{test,unittest,pydoc_data,sqlite3,curses,dbm,distutils,idlelib,tkinter,lib2to3,ensurepip,turtledemo}
 # Extension modules whose libraries are not here (sqlite, dbm, curses, readline,
 # NIS, crypt) and CPython's own test modules.

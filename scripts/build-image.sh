@@ -17,8 +17,9 @@ cd "$(dirname "$0")/.."
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REPOSITORY=localhost/node-ping-exporter
 IMAGE=$REPOSITORY:$VERSION
-ARCHES=${ARCHES:-amd64 arm64}
-SOURCE_URL=https://github.com/node-ping-exporter/node-ping-exporter
+host_arch=$(case "$(uname -m)" in aarch64) echo arm64 ;; *) echo amd64 ;; esac)
+# The first architecture also runs the import trace: the host's by default.
+ARCHES=${ARCHES:-$host_arch $([ "$host_arch" = amd64 ] && echo arm64 || echo amd64)}
 buildah() { command buildah --storage-driver vfs "$@"; }
 
 # What the image is built from, as one digest (labelled on the image): the lab
@@ -32,21 +33,27 @@ source_digest() {
 if [ "${1:-}" = "--source-digest" ]; then source_digest; exit 0; fi
 DIGEST=$(source_digest)
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Where the source is: SOURCE_URL (a release may set it), else the clone's origin,
+# without any user:token@ it may carry.
+SOURCE_URL=${SOURCE_URL:-$(git remote get-url origin 2>/dev/null | sed -E 's|//[^/@]*@|//|' || true)}
+SOURCE_URL=${SOURCE_URL:-unknown}
 CREATED=$(git log -1 --format=%ct 2>/dev/null || date +%s)  # reproducible: the commit's time
 
 command -v buildah >/dev/null || { echo "build-image: buildah is not installed (apt-get install buildah)" >&2; exit 1; }
-case " $ARCHES " in *" arm64 "*) scripts/binfmt-arm64.sh ;; esac
+case " $ARCHES " in *" arm64 "*) [ "$host_arch" = arm64 ] || scripts/binfmt-arm64.sh ;; esac
 
 work=$(mktemp -d)
 containers=()
+committed=()
 cleanup() {
   local status=$?
   for ctr in "${containers[@]}"; do buildah rm "$ctr" >/dev/null 2>&1 || true; done
   rm -rf "$work"
-  # A failed check takes the images with it: their source-digest label must not
-  # let the lab take them for a good build of this tree.
-  if [ "$status" -ne 0 ]; then
-    for arch in $ARCHES; do buildah rmi -f "$IMAGE-$arch" >/dev/null 2>&1 || true; done
+  # A failed check takes the images this run made with it (and the list naming
+  # them): their labels must not let the lab take them for a good build of this tree.
+  if [ "$status" -ne 0 ] && [ "${#committed[@]}" -gt 0 ]; then
+    for image in "${committed[@]}"; do buildah rmi -f "$image" >/dev/null 2>&1 || true; done
+    buildah manifest rm "$IMAGE" >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -55,13 +62,16 @@ for arch in $ARCHES; do
   echo "assembling the $arch root filesystem"
   scripts/assemble-rootfs.sh "$arch" "$work/$arch" >/dev/null
 done
-# Bytecode for what the agent imports, listed by the image's own interpreter
-# (amd64, chrooted; -B: the trace writes nothing), then compiled in every tree.
-chroot "$work/amd64" /usr/bin/python3.11 -IB -c "$(cat scripts/trace-imports.py)" > "$work/imports"
+# Bytecode for what the agent imports, listed by the first image's own interpreter
+# (chrooted as nobody; -B: the trace writes nothing), then compiled in every tree.
+triplet() { [ "$1" = arm64 ] && echo aarch64-linux-gnu || echo x86_64-linux-gnu; }
+tracer=${ARCHES%% *}
+chroot --userspec=65534:65534 "$work/$tracer" /usr/bin/python3.11 -IB \
+  -c "$(cat scripts/trace-imports.py)" > "$work/imports"
 for arch in $ARCHES; do
-  triplet=$([ "$arch" = arm64 ] && echo aarch64 || echo x86_64)-linux-gnu
-  sed "s/x86_64-linux-gnu/$triplet/g" "$work/imports" > "$work/imports-$arch"
-  echo "$arch: bytecode for $(scripts/assemble-rootfs.sh --compile "$work/imports-$arch" "$work/$arch") imported modules"
+  sed "s/$(triplet "$tracer")/$(triplet "$arch")/g" "$work/imports" > "$work/imports-$arch"
+  compiled=$(scripts/assemble-rootfs.sh --compile "$work/imports-$arch" "$work/$arch")
+  echo "$arch: bytecode for $compiled imported modules"
 done
 
 for arch in $ARCHES; do
@@ -84,19 +94,34 @@ for arch in $ARCHES; do
     --label "io.node-ping-exporter.source-digest=$DIGEST" "${metadata[@]}" "$ctr"
   previous=$(buildah images --quiet "$IMAGE-$arch" 2>/dev/null || true)
   buildah commit --quiet --format oci --timestamp "$CREATED" "$ctr" "$IMAGE-$arch" >/dev/null
-  # The image this one replaces, now untagged: vfs keeps a full copy of each.
-  [ -z "$previous" ] || buildah rmi "$previous" >/dev/null 2>&1 || true
+  committed+=("$IMAGE-$arch")
+  # The image this one replaces, now untagged (vfs keeps a full copy of each);
+  # the same commit can build the very same image, which stays.
+  if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet "$IMAGE-$arch")" ]; then
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+  fi
 done
 
 # Inside each image: the version, a valid configuration, a bad one refused, and
 # nothing but the agent and the interpreter it needs.
+# (Each output is assigned before it is printed: `echo "$(cmd)"` would hide a failure.)
+run() {  # CONTAINER ARGS…: the agent inside the image (arm64 under qemu-user)
+  local ctr=$1; shift
+  buildah run --isolation chroot "$ctr" -- node-ping-exporter "$@"
+}
 for arch in $ARCHES; do
   ctr=$(buildah from --arch "$arch" "$IMAGE-$arch")
   containers+=("$ctr")
-  run() { buildah run --isolation chroot "$ctr" -- "$@"; }
-  echo "$arch: $(run node-ping-exporter --version)"
-  echo "$arch: $(run node-ping-exporter --check-config --node-name image-check --peer a=10.0.0.1 --peer b=fd00::2)"
-  if out=$(run node-ping-exporter --check-config --interval 0 2>&1); then
+  out=$(run "$ctr" --version)
+  echo "$arch: $out"
+  out=$(run "$ctr" --check-config --node-name image-check --peer a=10.0.0.1 --peer b=fd00::2)
+  echo "$arch: $out"
+  # Public CAs where OpenSSL looks by default (diagnose against an HTTPS Prometheus).
+  out=$(buildah run --isolation chroot "$ctr" -- python3.11 -IB -c \
+    'import ssl; print(len(ssl.create_default_context().get_ca_certs()))')
+  [ "$out" -gt 100 ] || { echo "build-image: $arch: OpenSSL finds $out CA certificates" >&2; exit 1; }
+  echo "$arch: CA certificates found by OpenSSL: $out"
+  if out=$(run "$ctr" --check-config --interval 0 2>&1); then
     echo "build-image: $arch: a bad configuration was accepted" >&2; exit 1
   fi
   echo "$arch: bad configuration refused: ${out%%$'\n'*}"  # buildah adds its own lines

@@ -996,6 +996,7 @@ BAD_VALUES: list[tuple[list[str], str]] = [
     ),
     (["--set", "prometheusRule.config.window=3m"], "at '/prometheusRule/config'"),
     (["--set", "icmp.mode=rw"], "at '/icmp/mode': value must be one of"),
+    (["--set", "podSecurity.runAsGroup=2147483648"], "at '/podSecurity/runAsGroup'"),
     (["--set", "output=syslog"], "at '/output': value must be one of"),
     (["--set", "discovery.mode=consul"], "at '/discovery/mode'"),
     (["--set", "probe.interval=0"], "at '/probe/interval'"),

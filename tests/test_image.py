@@ -14,6 +14,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -67,31 +68,47 @@ def test_image_builds_and_runs_the_agent(arch: str, build_output: str) -> None:
 
 @needs_buildah
 @pytest.mark.parametrize("arch", ARCHES)
-def test_the_image_pings_loopback_unprivileged(arch: str, build_output: str) -> None:
+def test_the_image_pings_loopback_unprivileged(
+    arch: str, build_output: str, tmp_path: Path
+) -> None:
     """The agent of each image, as uid 65534 with no capability in a private network
     namespace (arm64 under emulation), pings 127.0.0.1 and ::1 and serves /metrics."""
-    from lab.imagerun import metric, running_image, start_agent, wait_ready
+    from lab.imagerun import running_image, start_agent, wait_ready
 
-    with running_image(f"localhost/node-ping-exporter:{__version__}-{arch}") as image:
-        agent = start_agent(image, 9798, ["v4=127.0.0.1", "v6=::1"])
+    name = f"localhost/node-ping-exporter:{__version__}-{arch}"
+    with running_image(name) as image, (tmp_path / "agent.log").open("w+b") as log:
+        agent = start_agent(image, 9798, ["v4=127.0.0.1", "v6=::1"], log)
         try:
-            assert wait_ready(image, 9798, deadline_s=90) is not None, agent.stderr
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                exposition = image.get(9798, "/metrics")
-                received = [metric(exposition, "kube_node_ping_packets_received_total",
-                                   destination_node=peer) for peer in ("v4", "v6")]  # fmt: skip
-                if all(count and count >= 3 for count in received):
-                    break
-                time.sleep(0.5)
-            assert all(count and count >= 3 for count in received), exposition[-3000:]
-            # ip netns exec, unshare, bash and chroot each exec the next: one pid
-            status = Path(f"/proc/{agent.pid}/status").read_text()
-            assert re.search(r"^Uid:\s+65534\s", status, re.M), status
-            assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+            assert wait_ready(image, 9798, deadline_s=90) is not None, log_text(log)
+            check_pings(image, agent.pid)
         finally:
             agent.terminate()
             agent.wait(timeout=30)
+
+
+def check_pings(image: Any, pid: int) -> None:
+    """Every peer answered at least 3 times, and the agent is uid 65534 without
+    capabilities."""
+    from lab.imagerun import metric
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        exposition = image.get(9798, "/metrics")
+        received = [metric(exposition, "kube_node_ping_packets_received_total",
+                           destination_node=peer) for peer in ("v4", "v6")]  # fmt: skip
+        if all(count and count >= 3 for count in received):
+            break
+        time.sleep(0.5)
+    assert all(count and count >= 3 for count in received), exposition[-3000:]
+    # ip netns exec, unshare, bash and chroot each exec the next: one pid
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert re.search(r"^Uid:\s+65534\s", status, re.M), status
+    assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+
+
+def log_text(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-3000:]
 
 
 def wheel_contents(source: Path, out: Path) -> tuple[set[str], set[str], list[str]]:

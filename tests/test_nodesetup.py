@@ -16,7 +16,7 @@ from exporter.cli import main
 def test_textfile_dir_gets_the_group_and_mode(tmp_path: Path) -> None:
     directory = tmp_path / "textfile"
     directory.mkdir(mode=0o700)
-    group = os.getgid()  # a group this process may give (root or not)
+    group = 65534 if os.geteuid() == 0 else os.getgid()  # one this process may give
     assert main(["setup", "textfile-dir", "--group", str(group), str(directory)]) == 0
     info = directory.stat()
     assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (group, 0o775)
@@ -41,7 +41,8 @@ def test_textfile_dir_refuses_anything_but_a_directory(
 
 def test_bad_setup_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["setup"], ["setup", "reboot"], ["setup", "textfile-dir", "--group", "x", "/d"],
-                 ["setup", "textfile-dir", "--group", "-1", "/d"]):  # fmt: skip
+                 ["setup", "textfile-dir", "--group", "-1", "/d"],
+                 ["setup", "textfile-dir", "--group", str(2**32), "/d"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2, argv
@@ -53,5 +54,9 @@ def test_ping_group_range_writes_every_group(tmp_path: Path) -> None:
     sysctl.write_text("1\t0\n")
     assert nodesetup.set_ping_group_range(str(sysctl)).endswith("= 0 2147483647")
     assert sysctl.read_text() == "0 2147483647\n"
-    with pytest.raises(nodesetup.SetupError, match="must be privileged"):
+    with pytest.raises(nodesetup.SetupError, match="Linux node with IPv4"):
         nodesetup.set_ping_group_range(str(tmp_path / "missing" / "ping_group_range"))
+    if os.geteuid() != 0:  # root writes a read-only file anyway
+        sysctl.chmod(0o444)
+        with pytest.raises(nodesetup.SetupError, match="must be privileged"):
+            nodesetup.set_ping_group_range(str(sysctl))
