@@ -291,6 +291,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "failSwapOn": False,
             "resolvConf": "/etc/resolv.conf",
             "syncFrequency": "10s",
+            # The lab's three nodes share the host's disk, which a build machine may
+            # fill past the default thresholds (15 % free for images): evict only when
+            # it is really full, not the agents a test is waiting for.
+            "evictionHard": {
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "memory.available": "100Mi",
+            },
+            "imageGCHighThresholdPercent": 99,
+            "imageGCLowThresholdPercent": 98,
         }
         (paths.data / "kubelet.yaml").write_text(json.dumps(settings, indent=1))
 
