@@ -92,11 +92,9 @@ def push_images(registry: str) -> tuple[str, str, dict[str, str]]:
     name = f"{registry}/node-ping-exporter:{VERSION}"
     buildah("manifest", "push", "--all", "--quiet", "--format", "oci", "--tls-verify=false",
             local, f"docker://{name}")  # fmt: skip
-    index = json.loads(registry_get(registry, f"node-ping-exporter/manifests/{VERSION}",
-                                    "application/vnd.oci.image.index.v1+json")[1])  # fmt: skip
-    platforms = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
-    digest = registry_get(registry, f"node-ping-exporter/manifests/{VERSION}",
-                          "application/vnd.oci.image.index.v1+json")[0]  # fmt: skip
+    digest, body = registry_get(registry, f"node-ping-exporter/manifests/{VERSION}",
+                                "application/vnd.oci.image.index.v1+json")  # fmt: skip
+    platforms = {m["platform"]["architecture"]: m["digest"] for m in json.loads(body)["manifests"]}
     return name, digest, platforms
 
 
