@@ -1,9 +1,13 @@
 """The prober: paces echo requests to every peer and matches the replies.
 
 One socket per address family and one task. Each tick it drains every socket,
-expires timed-out probes, then sends what is due. A reply may wait in its
-socket for up to a tick (MAX_TICK_SECONDS); that costs no accuracy, because
-the RTT uses the kernel's receive stamp, and it saves a wake-up per reply.
+expires timed-out probes, then sends what is due, and sleeps until the next
+thing is due: a send, the deadline of the oldest unanswered probe, or at most
+MAX_IDLE_SECONDS; a change of peers wakes it at once. A reply waits in its
+socket until the next tick; that costs no accuracy, because the RTT uses the
+kernel's receive stamp, and it saves a wake-up per reply. So the prober wakes
+no more than its sends need (at most every MIN_TICK_SECONDS), and once a
+second with nothing to do.
 
 Every peer is probed once per interval at a fixed point of the cycle (its
 stable offset plus this process's random phase), so sends are spread evenly and
@@ -52,8 +56,8 @@ SEQUENCE_SLOTS = 1 << 16
 # Never sleep less than this between sends: batches small sends instead of
 # waking the loop thousands of times per second.
 MIN_TICK_SECONDS = 0.01
-# Wake at least this often to expire timeouts and pick up peer changes.
-MAX_TICK_SECONDS = 0.1
+# With nothing due, still wake this often: /healthz's heartbeat shows the loop runs.
+MAX_IDLE_SECONDS = 1.0
 LAG_WINDOW_SECONDS = 10.0
 # A probe more than this late (the loop was blocked or the host suspended) is
 # skipped, not sent: catching up would be a burst, and it is not loss.
@@ -75,8 +79,14 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def wake(self) -> None:
+        """End the sleep in progress now (peers changed, stop asked)."""
+
 
 class SystemClock:
+    def __init__(self) -> None:
+        self._sleeping: asyncio.Future[None] | None = None
+
     def monotonic(self) -> float:
         return time.monotonic()
 
@@ -85,7 +95,24 @@ class SystemClock:
         return time.time_ns()
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        """asyncio.sleep's own mechanism (a future and a timer), kept so wake() can end it."""
+        loop = asyncio.get_running_loop()
+        self._sleeping = sleeping = loop.create_future()
+        timer = loop.call_later(seconds, _set_done, sleeping)
+        try:
+            await sleeping
+        finally:
+            timer.cancel()
+            self._sleeping = None
+
+    def wake(self) -> None:
+        if self._sleeping is not None:
+            _set_done(self._sleeping)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Sender(Protocol):
@@ -147,7 +174,10 @@ class ProbeSizes:
         self._looked_up = -SIZE_REFRESH_SECONDS
 
     def due(self, now: float) -> bool:
-        return now - self._looked_up >= SIZE_REFRESH_SECONDS
+        return now >= self.next_due()
+
+    def next_due(self) -> float:
+        return self._looked_up + SIZE_REFRESH_SECONDS
 
     def get(self, address: str, family: int, now: float) -> int | None:
         if self.due(now):
@@ -246,11 +276,13 @@ class Prober:
     def peers_changed(self) -> None:
         """Called by the peer table (on the loop) after any change."""
         self._schedule_dirty = True
+        self.clock.wake()
 
     def stop(self) -> None:
-        """Send nothing more; run() returns within one tick (≤ MAX_TICK_SECONDS). For a
-        prober run on its own (tests, benchmarks); the agent's supervisor cancels it."""
+        """Send nothing more; run() returns at once. For a prober run on its own
+        (tests, benchmarks); the agent's supervisor cancels it."""
         self._stopping = True
+        self.clock.wake()
 
     async def run(self) -> None:
         clock = self.clock
@@ -263,7 +295,9 @@ class Prober:
 
     def tick(self, now: float) -> float:
         """One round: take the replies, expire timeouts, send what is due.
-        Returns when to run the next round."""
+        Returns when to run the next round: the next send or deadline, no sooner
+        than MIN_TICK_SECONDS (sends close together go in one round), no later than
+        MAX_IDLE_SECONDS."""
         self.stats.heartbeat = now
         self._drain_all()
         self._expire(now)
@@ -274,8 +308,17 @@ class Prober:
             self._schedule_dirty = True  # look up the route MTUs again
         if self._schedule_dirty:
             self._rebuild_schedule(now)
-        next_due = self._send_due(now)
-        return min(max(next_due, now + MIN_TICK_SECONDS), now + MAX_TICK_SECONDS)
+        send = max(self._send_due(now), now + MIN_TICK_SECONDS)
+        deadline = self._slot_deadline[self._in_flight[0]] if self._in_flight else send
+        if self.stamp is not None:
+            deadline = min(deadline, self.stamp.next_deadline())
+        if self._sizes is not None:
+            deadline = min(deadline, self._sizes.next_due())
+        # A deadline gets a round of its own only well before the next send: a round
+        # just before a send would push that send MIN_TICK_SECONDS late.
+        deadline = max(deadline, now + MIN_TICK_SECONDS)
+        wake = deadline if deadline < send - MIN_TICK_SECONDS else send
+        return min(wake, now + MAX_IDLE_SECONDS)
 
     def collect(self) -> Iterator[Metric]:
         me, stats = self.node_name, self.stats
@@ -368,7 +411,7 @@ class Prober:
             self._next = 0
         schedule = self._schedule
         if not schedule:
-            return now + MAX_TICK_SECONDS
+            return now + MAX_IDLE_SECONDS
         count = len(schedule)
         index, cycle_start, counter = self._next, self._cycle_start, self._counter
         cycles, size_every = self._cycles, self._size_every
@@ -487,10 +530,12 @@ class Prober:
     # -- timeouts -----------------------------------------------------------
 
     def _expire(self, now: float) -> None:
+        """Resolve as lost every probe past its deadline, and forget answered ones at
+        the front, so that the front is the next deadline to wake for."""
         in_flight = self._in_flight
         deadline = self._slot_deadline
         state = self._slot_state
-        while in_flight and deadline[in_flight[0]] <= now:
+        while in_flight and (deadline[in_flight[0]] <= now or state[in_flight[0]] != PENDING):
             sequence = in_flight.popleft()
             if state[sequence] == PENDING:
                 state[sequence] = EXPIRED

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import io
 import logging
+import selectors
 import socket
 import ssl
 import sys
@@ -155,7 +156,35 @@ class _Server(ThreadingHTTPServer):
         self.closed = {"evicted": 0, "refused": 0}  # connections closed at the cap
         self._room = threading.Condition()  # guards _slots; notified when one is freed
         self._slots: dict[socket.socket, _Slot] = {}
+        # shutdown() wakes serve_forever through this pair (see there).
+        self._stop_reader, self._stop_writer = socket.socketpair()
+        self._stopped = threading.Event()
         super().__init__(address, _Handler)
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept connections until shutdown(), asleep in select() in between.
+
+        socketserver's own loop wakes every ``poll_interval`` (0.5 s) only to see
+        whether it should stop: twice a second on every node, forever. Here shutdown()
+        sends a byte that ends the wait instead (a byte sent before the loop starts
+        ends it at once, so a stop can never be missed)."""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._stop_reader, selectors.EVENT_READ)
+                while True:
+                    ready = {key.fileobj for key, _ in selector.select()}
+                    if self._stop_reader in ready:
+                        return
+                    self._handle_request_noblock()  # type: ignore[attr-defined]  # socketserver's accept step
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait until it has returned (call from another thread)."""
+        with contextlib.suppress(OSError):  # already closed: the loop has ended
+            self._stop_writer.send(b"\0")
+        self._stopped.wait()
 
     def process_request(self, request: Any, client_address: Address) -> None:
         """Admit the connection to a thread, within ``max_connections``.
@@ -255,6 +284,8 @@ class _Server(ThreadingHTTPServer):
     def server_close(self) -> None:
         """Also end every connection, so that no thread waits out its timeout."""
         super().server_close()
+        self._stop_writer.close()
+        self._stop_reader.close()
         with self._room:
             for slot in self._slots.values():
                 _stop(slot.sock)

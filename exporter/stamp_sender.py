@@ -114,6 +114,17 @@ class StampSender:
                 del pending[key]
                 _resolve_lost(entry[0])
 
+    def next_deadline(self) -> float:
+        """The oldest unanswered packet's deadline (inf with none): when the prober must
+        wake for expire(). Answered ones at the front are forgotten on the way."""
+        in_flight, pending = self._in_flight, self.pending
+        while in_flight:
+            entry = pending.get(in_flight[0])
+            if entry is not None:
+                return entry[3]
+            in_flight.popleft()
+        return float("inf")
+
     def collect(self) -> Iterator[Metric]:
         errors = sorted(dict(self.send_errors).items())
         yield STAMP_SEND_ERRORS.samples(((self.node_name, reason), n) for reason, n in errors)

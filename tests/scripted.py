@@ -44,6 +44,9 @@ class ScriptedClock:
         self.now += max(seconds, 0.0)
         await asyncio.sleep(0)  # let the loop run other tasks, as a real sleep would
 
+    def wake(self) -> None:
+        """Nothing to end: a scripted sleep has already moved the clock."""
+
 
 class ScriptedSocket:
     """Records every send; answers after the RTT its responder gives (or never)."""
@@ -169,9 +172,10 @@ def drive(
     clock: ScriptedClock,
     seconds: float,
     lateness: Callable[[int], float] = lambda _: 0.0,
-) -> None:
+) -> int:
     """Run the prober's rounds for ``seconds`` of scripted time; round i wakes
-    ``lateness(i)`` seconds after it asked to (a busy or stalled event loop)."""
+    ``lateness(i)`` seconds after it asked to (a busy or stalled event loop).
+    Returns how many rounds (wake-ups) it took."""
     end = clock.now + seconds
     round_number = 0
     while clock.now < end:
@@ -179,3 +183,4 @@ def drive(
         prober.stats.observe_lag(0.0, clock.now)
         clock.now = max(wake, clock.now) + lateness(round_number)
         round_number += 1
+    return round_number

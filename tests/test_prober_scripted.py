@@ -9,11 +9,13 @@ import itertools
 from collections import Counter, defaultdict
 
 from exporter.engine import (
+    MAX_IDLE_SECONDS,
     MAX_IN_FLIGHT,
     MAX_LATENESS_SECONDS,
     MAX_PROBES_PER_SECOND,
     MIN_TICK_SECONDS,
     Prober,
+    SystemClock,
 )
 from exporter.peers import PeerKey, PeerKind, PeerTable
 
@@ -187,3 +189,60 @@ def test_a_peer_gone_for_15_seconds_leaves_one_outage_of_15_seconds() -> None:
     count, seconds = totals["198.18.0.2"]
     assert count == 1
     assert abs(seconds - 15.0) <= 1.0 + 1e-9  # to the probe: sends are 1 s apart
+
+
+def test_an_idle_prober_wakes_once_a_second() -> None:
+    """No peers, nothing due: one round per MAX_IDLE_SECONDS (the health heartbeat),
+    not a round every few milliseconds — the cost a node with no peers pays."""
+    prober, clock, sock, _ = setup([], interval=1.0)
+    rounds = drive(prober, clock, 30.0)
+    assert rounds == round(30.0 / MAX_IDLE_SECONDS)
+    assert not sock.sent
+
+
+def test_rounds_follow_the_sends_when_every_probe_is_answered() -> None:
+    """Four peers probed once a second with a 1 s timeout, every reply in 1 ms: a round
+    per send at most (each also takes the replies waiting since the last one), none
+    for a deadline, since a later send's round always comes first and finds the answer.
+    (With fewer peers than 1/timeout a deadline may come first: then it has its round.)"""
+    prober, clock, sock, table = setup(PEERS[:4], interval=1.0, timeout=1.0)
+    rounds = drive(prober, clock, 20.0)
+    assert len(sock.sent) == 80
+    assert rounds <= 80 + 1
+    assert sum(p.stats.received for p in table.snapshot()) >= 76  # the last ones in flight
+
+
+def test_a_lost_probe_is_resolved_at_its_deadline_not_at_the_next_send() -> None:
+    """One peer every 10 s, no reply: the loss is counted in one round at its 0.3 s
+    timeout, although the next send is 10 s away."""
+    prober, clock, sock, table = setup(PEERS[:1], interval=10.0, respond=lambda a, at: None)
+    while not sock.sent:
+        clock.now = prober.tick(clock.now)
+    (peer,) = table.snapshot()
+    assert peer.stats.sent == 0
+    rounds = drive(prober, clock, 0.3 + 1e-6)
+    assert rounds == 1
+    assert len(sock.sent) == 1
+    assert peer.stats.sent == 1 and peer.stats.received == 0
+
+
+def test_a_change_of_peers_ends_the_sleep_at_once() -> None:
+    """The real clock's sleep ends on wake() (what peers_changed and stop call), so an
+    idle prober picks up a new peer without waiting out its idle second."""
+    clock = SystemClock()
+
+    async def scenario() -> bool:
+        sleeping = asyncio.create_task(clock.sleep(3600.0))
+        await asyncio.sleep(0)
+        clock.wake()
+        await asyncio.wait_for(sleeping, 10.0)
+        return sleeping.done()
+
+    assert asyncio.run(scenario())
+    woken: list[str] = []
+    prober, clock_, _, table = setup([], interval=1.0)
+    clock_.wake = lambda: woken.append("wake")  # type: ignore[method-assign]
+    table.replace(PeerKind.NODE, [PeerKey(PeerKind.NODE, "n0", PEERS[0])])
+    assert woken == ["wake"]
+    prober.stop()
+    assert woken == ["wake", "wake"]

@@ -541,3 +541,29 @@ def test_closing_ends_a_kept_alive_scrape_connection_at_once(serve: Start) -> No
     assert time.monotonic() - began < 1.0
     assert client.recv(1) == b""  # the server ended the connection
     client.close()
+
+
+def voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_server_sleeps_until_a_connection_or_shutdown() -> None:
+    """The accepting thread does not wake while nobody connects (socketserver's loop
+    wakes twice a second to look for a stop request); shutdown() still ends it."""
+    server = http_server.make_server("127.0.0.1", 0, small, ok, ok)
+    thread = http_server.serve_in_thread(server)
+    try:
+        with connect(server) as sock:  # the loop is running once this is answered
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert b" 200 " in sock.recv(100)
+        time.sleep(0.2)
+        assert thread.native_id is not None
+        before = voluntary_switches(thread.native_id)
+        time.sleep(1.6)
+        assert voluntary_switches(thread.native_id) == before
+    finally:
+        server.shutdown()
+        server.server_close()
+    thread.join(5)
+    assert not thread.is_alive()
