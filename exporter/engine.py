@@ -173,16 +173,15 @@ class ProbeSizes:
         self._sizes: dict[tuple[str, int], int | None] = {}
         self._looked_up = -SIZE_REFRESH_SECONDS
 
-    def due(self, now: float) -> bool:
-        return now >= self.next_due()
-
     def next_due(self) -> float:
         return self._looked_up + SIZE_REFRESH_SECONDS
 
-    def get(self, address: str, family: int, now: float) -> int | None:
-        if self.due(now):
-            self._sizes.clear()
-            self._looked_up = now
+    def refresh(self, now: float) -> None:
+        """Forget the sizes: each is looked up again when next asked for."""
+        self._sizes.clear()
+        self._looked_up = now
+
+    def get(self, address: str, family: int) -> int | None:
         key = (address, family)
         if key not in self._sizes:
             self._sizes[key] = self.probes.packet_bytes(address, family)
@@ -270,6 +269,10 @@ class Prober:
         self._size_every = 1
         self._schedule_dirty = True
         self._stopping = False
+        # Families whose sockets are drained: every family a peer has had (a socket no
+        # peer was ever reached over has nothing to read; a dropped family may still
+        # have replies on their way).
+        self._families: set[int] = set()
 
     # -- wiring -------------------------------------------------------------
 
@@ -302,9 +305,10 @@ class Prober:
         self._drain_all()
         self._expire(now)
         if self.stamp is not None:
-            self.stamp.drain()
+            self.stamp.drain(self._families)
             self.stamp.expire(now)
-        if self._sizes is not None and self._sizes.due(now):
+        if self._sizes is not None and now >= self._sizes.next_due():
+            self._sizes.refresh(now)
             self._schedule_dirty = True  # look up the route MTUs again
         if self._schedule_dirty:
             self._rebuild_schedule(now)
@@ -355,7 +359,7 @@ class Prober:
             echo: Sends = ((routes.get(key.family), False),)
             with_size: Sends | None = None
             if sizes is not None and peer.large is not None and sock is not None:
-                size = sizes.get(key.address, key.family, now)
+                size = sizes.get(key.address, key.family)
                 peer.large.size = size or 0  # no route: no size probe, no size shown
                 if size is not None:
                     payload = (key.family, size - HEADER_BYTES[key.family])
@@ -364,6 +368,7 @@ class Prober:
                     with_size = (*echo, ((large_builders[payload], sock.sendto), True))
             phase = int(peer.offset * self._size_every)
             schedule.append((peer.offset, peer, sockaddr, echo, with_size, phase))
+            self._families.add(key.family)
         self._schedule = schedule
         if self._cycle_start > now:
             # _send_due moved on to the next cycle after this one's last send: find our
@@ -488,8 +493,10 @@ class Prober:
     # -- receiving ----------------------------------------------------------
 
     def _drain_all(self) -> None:
-        for sock in self.sockets.values():
-            self._handle_replies(sock.drain())
+        for family in self._families:
+            sock = self.sockets.get(family)
+            if sock is not None:
+                self._handle_replies(sock.drain())
 
     def _handle_replies(self, replies: list[EchoReply]) -> None:
         token, timeout_ns = self._token, self.timeout_ns

@@ -20,7 +20,7 @@ import errno
 import os
 import socket
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client.core import Metric
@@ -98,9 +98,12 @@ class StampSender:
         self.pending[pending_key] = (peer, time_ns, timestamp, now + self.timeout)
         self._in_flight.append(pending_key)
 
-    def drain(self) -> None:
-        for sock in self.sockets.values():
-            self._receive(sock)
+    def drain(self, families: Iterable[int]) -> None:
+        """Take the replies waiting on the sockets of ``families`` (those with peers)."""
+        for family in families:
+            sock = self.sockets.get(family)
+            if sock is not None:
+                self._receive(sock)
 
     def expire(self, now: float) -> None:
         """Count as lost every packet whose deadline has passed without a reply."""

@@ -364,6 +364,12 @@ class ControlPlane:
     def _write_kubeconfig(self, path: Path, server: str, token: str) -> None:
         write_kubeconfig(path, server, (self.pki / "ca.crt").read_text(), token, self.name)
 
+    def admin_kubeconfig_at(self, path: Path, server: str) -> Path:
+        """A kubeconfig with the admin's credentials for ``server`` (the API server as
+        seen from a namespace, through a forwarder)."""
+        self._write_kubeconfig(path, server, self._tokens()["admin"])
+        return path
+
     def service_account_token(
         self, namespace: str, account: str, seconds: int = 86400, bound_secret: str = ""
     ) -> str:

@@ -8,6 +8,8 @@ import asyncio
 import itertools
 from collections import Counter, defaultdict
 
+import pytest
+
 from exporter.engine import (
     MAX_IDLE_SECONDS,
     MAX_IN_FLIGHT,
@@ -15,11 +17,15 @@ from exporter.engine import (
     MAX_PROBES_PER_SECOND,
     MIN_TICK_SECONDS,
     Prober,
+    ProbeSizes,
+    SizeProbes,
     SystemClock,
 )
+from exporter.icmp import EchoReply
 from exporter.peers import PeerKey, PeerKind, PeerTable
+from exporter.stamp_sender import StampSender
 
-from .scripted import Responder, ScriptedClock, ScriptedSocket, drive
+from .scripted import Responder, ScriptedClock, ScriptedSocket, ScriptedStampSocket, drive
 
 TOKEN = b"T" * 8
 
@@ -191,10 +197,17 @@ def test_a_peer_gone_for_15_seconds_leaves_one_outage_of_15_seconds() -> None:
     assert abs(seconds - 15.0) <= 1.0 + 1e-9  # to the probe: sends are 1 s apart
 
 
-def test_an_idle_prober_wakes_once_a_second() -> None:
+@pytest.mark.parametrize("as_shipped", [False, True])
+def test_an_idle_prober_wakes_once_a_second(as_shipped: bool) -> None:
     """No peers, nothing due: one round per MAX_IDLE_SECONDS (the health heartbeat),
-    not a round every few milliseconds — the cost a node with no peers pays."""
+    not a round every few milliseconds — the cost a node with no peers pays. As
+    shipped (STAMP and size probes on) too: nothing of theirs is due without peers."""
     prober, clock, sock, _ = setup([], interval=1.0)
+    if as_shipped:
+        stamp_sock = ScriptedStampSocket(clock, lambda a, at: True, lambda a, at: 0.001)
+        prober.stamp = StampSender({4: stamp_sock}, 8762, 0.3, "me", ssid=7)
+        prober.size_probes = SizeProbes(10.0, route_mtu=lambda address, family: 1500)
+        prober._sizes = ProbeSizes(prober.size_probes)
     rounds = drive(prober, clock, 30.0)
     assert rounds == round(30.0 / MAX_IDLE_SECONDS)
     assert not sock.sent
@@ -246,3 +259,26 @@ def test_a_change_of_peers_ends_the_sleep_at_once() -> None:
     assert woken == ["wake"]
     prober.stop()
     assert woken == ["wake", "wake"]
+
+
+def test_a_family_without_peers_is_not_read() -> None:
+    """IPv4-only peers: the IPv6 socket is never read (each empty read is a system call
+    and an exception per round); once an IPv6 peer comes, it is read every round."""
+    prober, clock, _, table = setup(PEERS[:3], interval=1.0)
+    v6 = ScriptedSocket(clock, lambda address, at: 0.001)
+    reads = Counter[str]()
+    drain = v6.drain
+
+    def counted(limit: int = 4096) -> list[EchoReply]:
+        reads["v6"] += 1
+        return drain(limit)
+
+    v6.drain = counted  # type: ignore[method-assign]
+    prober.sockets = {4: prober.sockets[4], 6: v6}
+    drive(prober, clock, 5.0)
+    assert reads["v6"] == 0
+    keys = [p.key for p in table.snapshot()]
+    table.replace(PeerKind.NODE, [*keys, PeerKey(PeerKind.NODE, "v6", "fd00:198:18:1::1")])
+    rounds = drive(prober, clock, 5.0)
+    assert reads["v6"] == rounds - 1  # from the round after the one that adds it
+    assert sum(1 for _, address, _ in v6.sent if address == "fd00:198:18:1::1") == 5

@@ -422,7 +422,7 @@ def test_our_sender_against_stamp_suite_stateful_reflector() -> None:
             else:
                 sender.send(peer, time.monotonic(), time.time_ns())
             time.sleep(0.02)
-            sender.drain()
+            sender.drain(sender.sockets)
         _settle(sender)
     finally:
         proc.kill()
@@ -443,12 +443,12 @@ def _wait_for_reflector(sender: StampSender, peer: Peer) -> None:
         assert time.monotonic() < deadline, "stamp-suite's reflector never answered"
         sender.send(peer, time.monotonic(), time.time_ns())
         time.sleep(0.1)
-        sender.drain()
+        sender.drain(sender.sockets)
     _settle(sender)
 
 
 def _settle(sender: StampSender) -> None:
     """Take the last replies, then resolve whatever has none."""
     time.sleep(0.2)
-    sender.drain()
+    sender.drain(sender.sockets)
     sender.expire(time.monotonic() + 5)
