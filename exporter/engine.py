@@ -11,7 +11,10 @@ second with nothing to do.
 
 Every peer is probed once per interval at a fixed point of the cycle (its
 stable offset plus this process's random phase), so sends are spread evenly and
-a DaemonSet rollout does not synchronise the nodes.
+a DaemonSet rollout does not synchronise the nodes. With few peers the points
+are rounded down to a grid (a round of about SENDS_PER_ROUND sends, at most
+MAX_ROUND_SECONDS apart): ten peers cost four wake-ups a second, not ten, and a
+peer's sends stay exactly one interval apart.
 
 Probes are numbered by a 64-bit counter. The low 16 bits are the ICMP sequence
 and index flat per-slot arrays (no object per probe); the whole counter travels
@@ -56,6 +59,10 @@ SEQUENCE_SLOTS = 1 << 16
 # Never sleep less than this between sends: batches small sends instead of
 # waking the loop thousands of times per second.
 MIN_TICK_SECONDS = 0.01
+# Sends go in rounds of about this many when there are few peers, rounds at most
+# MAX_ROUND_SECONDS apart (the grid the points in the cycle are rounded down to).
+SENDS_PER_ROUND = 4
+MAX_ROUND_SECONDS = 0.25
 # With nothing due, still wake this often: /healthz's heartbeat shows the loop runs.
 MAX_IDLE_SECONDS = 1.0
 LAG_WINDOW_SECONDS = 10.0
@@ -352,6 +359,12 @@ class Prober:
             self._size_every = max(1, round(sizes.probes.interval / self.cycle_seconds))
         large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
+        # The grid, as a fraction of the cycle: MIN_TICK_SECONDS would batch nothing
+        # between peers 100 ms apart; rounding down keeps the order of the offsets.
+        grid = (
+            min(MAX_ROUND_SECONDS, self.cycle_seconds * SENDS_PER_ROUND / max(len(peers), 1))
+            / self.cycle_seconds
+        )
         for peer in peers:
             key = peer.key
             sock = self.sockets.get(key.family)
@@ -367,7 +380,12 @@ class Prober:
                         large_builders[payload] = sock.request_builder(token, payload[1])
                     with_size = (*echo, ((large_builders[payload], sock.sendto), True))
             phase = int(peer.offset * self._size_every)
-            schedule.append((peer.offset, peer, sockaddr, echo, with_size, phase))
+            point = (
+                (peer.offset // grid) * grid
+                if grid * self.cycle_seconds > MIN_TICK_SECONDS
+                else peer.offset
+            )
+            schedule.append((point, peer, sockaddr, echo, with_size, phase))
             self._families.add(key.family)
         self._schedule = schedule
         if self._cycle_start > now:

@@ -15,6 +15,7 @@ from exporter.engine import (
     MAX_IN_FLIGHT,
     MAX_LATENESS_SECONDS,
     MAX_PROBES_PER_SECOND,
+    MAX_ROUND_SECONDS,
     MIN_TICK_SECONDS,
     Prober,
     ProbeSizes,
@@ -282,3 +283,18 @@ def test_a_family_without_peers_is_not_read() -> None:
     rounds = drive(prober, clock, 5.0)
     assert reads["v6"] == rounds - 1  # from the round after the one that adds it
     assert sum(1 for _, address, _ in v6.sent if address == "fd00:198:18:1::1") == 5
+
+
+def test_few_peers_are_probed_in_rounds_each_exactly_once_per_interval() -> None:
+    """Ten peers once a second: sends go in rounds on a MAX_ROUND_SECONDS grid (four
+    wake-ups a second, not ten), and every peer's sends stay exactly 1 s apart."""
+    prober, clock, sock, _ = setup(PEERS[:10], interval=1.0, timeout=1.0)
+    rounds = drive(prober, clock, 20.0)
+    assert rounds <= 20 / MAX_ROUND_SECONDS + 1
+    per_peer: dict[str, list[float]] = defaultdict(list)
+    for at, address, _ in sock.sent:
+        per_peer[address].append(at)
+    assert len(per_peer) == 10
+    for times in per_peer.values():
+        assert len(times) == 20
+        assert all(abs(b - a - 1.0) < 1e-9 for a, b in itertools.pairwise(times)), times
