@@ -156,7 +156,7 @@ class Agent:
             s.address_types,
             s.node_selector,
             s.kubeconfig,
-            api_client=plan.kubernetes_client,
+            api=plan.kubernetes_api,
         )
 
     def _reflector(self) -> Reflector:
@@ -181,7 +181,8 @@ class Agent:
         host, port = split_listen_address(s.listen_address)
         authorizer = None
         if s.metrics_auth is MetricsAuth.KUBERNETES:
-            authorizer = KubernetesAuthorizer(self.plan.kubernetes_client)
+            assert self.plan.kubernetes_api is not None  # preflight connects for it
+            authorizer = KubernetesAuthorizer(self.plan.kubernetes_api)
         try:
             server = make_server(
                 host,

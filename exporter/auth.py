@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .discovery.kubernetes import describe_api_error
+from .kubeapi import Api
 from .logs import Throttle
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,11 @@ RESULTS = {200: "allowed", 401: "unauthenticated", 403: "forbidden", 503: "unava
 class KubernetesAuthorizer:
     def __init__(
         self,
-        api_client: Any,
+        api: Api,
         audiences: list[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from kubernetes import client
-
-        self._authn = client.AuthenticationV1Api(api_client)
-        self._authz = client.AuthorizationV1Api(api_client)
-        self._client = client
+        self._api = api
         self._audiences = audiences or None
         self._clock = clock
         # Allowed and refused answers apart: refusals cannot evict an allowed answer.
@@ -107,35 +104,41 @@ class KubernetesAuthorizer:
         return decision
 
     def _review(self, token: str, path: str) -> Decision:
-        c = self._client
         try:
             self.reviews += 1
-            review = self._authn.create_token_review(
-                c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token, audiences=self._audiences)),
-                _request_timeout=REVIEW_TIMEOUT_SECONDS,
+            spec: dict[str, Any] = {"token": token}
+            if self._audiences:
+                spec["audiences"] = self._audiences
+            review = self._api.post_json(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
+                REVIEW_TIMEOUT_SECONDS,
             )
-            status = review.status
-            user = status.user if status and status.authenticated else None
-            if user is None:
+            status = review.get("status") or {}
+            user = status.get("user") if status.get("authenticated") else None
+            if not user:
                 return 401, "token not accepted by the API server"
             self.reviews += 1
-            access = self._authz.create_subject_access_review(
-                c.V1SubjectAccessReview(
-                    spec=c.V1SubjectAccessReviewSpec(
-                        user=user.username,
-                        groups=user.groups,
-                        uid=user.uid,
-                        extra=user.extra,
-                        non_resource_attributes=c.V1NonResourceAttributes(path=path, verb="get"),
-                    )
-                ),
-                _request_timeout=REVIEW_TIMEOUT_SECONDS,
+            access = self._api.post_json(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                {
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SubjectAccessReview",
+                    "spec": {
+                        "user": user.get("username"),
+                        "groups": user.get("groups"),
+                        "uid": user.get("uid"),
+                        "extra": user.get("extra"),
+                        "nonResourceAttributes": {"path": path, "verb": "get"},
+                    },
+                },
+                REVIEW_TIMEOUT_SECONDS,
             )
         except Exception as exc:  # API server away, RBAC missing: refuse, say why
             self._warnings.log(
                 logging.WARNING, "api", CANNOT_CHECK, problem=describe_api_error(exc)
             )
             return 503, "cannot check the token now"
-        if access.status and access.status.allowed:
+        if (access.get("status") or {}).get("allowed"):
             return 200, "ok"
-        return 403, f"{user.username} may not get {path}"
+        return 403, f"{user.get('username')} may not get {path}"

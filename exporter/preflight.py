@@ -12,11 +12,11 @@ binds it, and whether an ICMP socket can be opened (exit 1, not bad input).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .config import ConfigError, DiscoveryMode, MetricsAuth, Settings
 from .discovery.file import load_initial
-from .discovery.kubernetes import in_cluster, kubernetes_client
+from .discovery.kubernetes import kubernetes_api
+from .kubeapi import Api, in_cluster
 from .peers import NodeAddress
 from .textfile import check_directory
 from .tls import TlsFiles
@@ -29,7 +29,7 @@ class Plan:
     settings: Settings
     discovery: DiscoveryMode
     peers_file: tuple[bytes, list[NodeAddress]] | None = None  # file discovery's first read
-    kubernetes_client: Any = None  # an ApiClient: kubernetes discovery, --metrics-auth kubernetes
+    kubernetes_api: Api | None = None  # kubernetes discovery, --metrics-auth kubernetes
     tls: TlsFiles | None = None  # HTTPS: the certificate files, loaded
 
     def describe(self) -> str:
@@ -70,6 +70,6 @@ def preflight(settings: Settings) -> Plan:
         settings,
         mode,
         peers_file=peers_file,
-        kubernetes_client=kubernetes_client(settings.kubeconfig) if wants_api else None,
+        kubernetes_api=kubernetes_api(settings.kubeconfig) if wants_api else None,
         tls=tls,
     )

@@ -95,8 +95,11 @@ class FakeApiServer:
             self.lock.notify_all()
 
     def compact(self) -> None:
-        """Forget history: watches resuming from an older version get 410 Gone."""
+        """Forget history, as etcd compaction does after writes an open watch has not
+        seen yet (the watch is ended first): resuming from an older version gets 410."""
         with self.lock:
+            self._generation += 1
+            self.version += 1  # that unseen write
             self.compacted = self.version
             self.events.clear()
             self._generation += 1

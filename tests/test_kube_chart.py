@@ -348,8 +348,9 @@ def test_metrics_auth_binds_the_agent_to_auth_delegator(
         pytest.skip(f"{helm} is not built (scripts/install-tools.sh)")
     if not shutil.which("openssl"):
         pytest.skip("no openssl command")
-    from kubernetes import client, config
+    from kubernetes import client
 
+    from exporter import kubeapi
     from exporter.auth import KubernetesAuthorizer
 
     api_client = plane.api_client()
@@ -437,9 +438,7 @@ def test_metrics_auth_binds_the_agent_to_auth_delegator(
         kubeconfig = plane.service_account_kubeconfig(
             NAMESPACE, account, tmp_path / "agent.kubeconfig", server=plane.server, seconds=600
         )
-        authorizer = KubernetesAuthorizer(
-            config.new_client_from_config(config_file=str(kubeconfig))
-        )
+        authorizer = KubernetesAuthorizer(kubeapi.connect(kubeconfig))
         scraper = plane.service_account_token(NAMESPACE, f"{release}-scraper", 600)
         stranger = plane.service_account_token(NAMESPACE, f"{release}-stranger", 600)
         assert authorizer.check(f"Bearer {scraper}", "/metrics") == (200, "ok")
@@ -456,7 +455,7 @@ def test_metrics_auth_binds_the_agent_to_auth_delegator(
         assert not core.read_namespaced_service_account(
             account, NAMESPACE
         ).automount_service_account_token
-        fresh = KubernetesAuthorizer(config.new_client_from_config(config_file=str(kubeconfig)))
+        fresh = KubernetesAuthorizer(kubeapi.connect(kubeconfig))
         assert fresh.check(f"Bearer {scraper}", "/metrics")[0] == 503  # refused, never open
     finally:
         plane.helm("uninstall", release, "-n", NAMESPACE, "--ignore-not-found", helm=helm)

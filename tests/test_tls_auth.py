@@ -16,6 +16,7 @@ import pytest
 
 from exporter.auth import KubernetesAuthorizer
 from exporter.config import ConfigError
+from exporter.kubeapi import ApiServer
 from exporter.server import Authorize, make_server, serve_in_thread
 from exporter.tls import TlsFiles
 
@@ -144,11 +145,7 @@ def test_bad_certificate_files_are_a_config_error(pki: dict[str, Path]) -> None:
 
 
 def unreachable_api(tmp_path: Path) -> Any:
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = "https://127.0.0.1:1"  # nothing listens there
-    return client.ApiClient(configuration)
+    return ApiServer("https://127.0.0.1:1", ssl.create_default_context(), None)  # nothing there
 
 
 def test_tokens_fail_closed_when_the_api_server_cannot_be_asked(

@@ -1,6 +1,6 @@
 """Kubernetes discovery: list + watch Node objects.
 
-The kubernetes client is blocking, so list/watch runs in a thread of its own
+Requests are blocking (exporter.kubeapi), so list/watch runs in a thread of its own
 (started by ``run()``, ended by cancelling it: the open watch is closed so
 the thread stops at once) and hands every change to the asyncio loop as a
 complete node snapshot (``loop.call_soon_threadsafe``). Any error resumes the watch from the last
@@ -13,18 +13,17 @@ the API server is away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, normalise_ip
+from ..kubeapi import Api, KubeconfigError, Stream, connect, in_cluster
 from ..peers import NodeAddress
 from ..supervisor import in_thread
 from . import DiscoverySource, DiscoveryState, NodeSink
@@ -36,10 +35,6 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 ZONE_LABEL = "topology.kubernetes.io/zone"
 LEGACY_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"  # before Kubernetes 1.17
-
-
-def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 def node_addresses(node: dict[str, Any], address_types: list[str]) -> NodeAddress | None:
@@ -77,27 +72,22 @@ class KubernetesDiscovery(DiscoverySource):
         address_types: list[str],
         label_selector: str,
         kubeconfig: Path | None,
-        api_client: Any = None,
+        api: Api | None = None,
     ) -> None:
         self.sink = sink
         self.state = state
         self.address_types = address_types
-        self.label_selector = label_selector or None
-        from kubernetes import client
-
-        self._api: Any = client.CoreV1Api(api_client or kubernetes_client(kubeconfig))
+        self.label_selector = label_selector
+        self._api = api or kubernetes_api(kubeconfig)
         self._stopped = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._response: Any = None  # the open watch, closed by stop()
+        self._stream: Stream | None = None  # the open watch, closed by stop()
 
     def stop(self) -> None:
         self._stopped.set()
-        response = self._response
-        sock = getattr(getattr(response, "connection", None), "sock", None)
-        if sock is not None:
-            # Unblocks the thread's read; close() would wait for the reader's lock.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        stream = self._stream
+        if stream is not None:
+            stream.close()  # unblocks the thread's read
 
     async def run(self) -> None:
         """List and watch in a thread of its own until cancelled."""
@@ -146,31 +136,28 @@ class KubernetesDiscovery(DiscoverySource):
                 self._stopped.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
+    def _query(self, **extra: str) -> dict[str, str]:
+        selector = {"labelSelector": self.label_selector} if self.label_selector else {}
+        return selector | extra
+
     def _list(self) -> tuple[dict[str, dict[str, Any]], str]:
-        response = self._api.list_node(
-            label_selector=self.label_selector, _preload_content=False, _request_timeout=30
-        )
-        body = json.loads(response.data)
+        body = self._api.get_json("/api/v1/nodes", self._query(), 30)
         nodes = {item["metadata"]["name"]: item for item in body.get("items") or []}
         return nodes, str(body.get("metadata", {}).get("resourceVersion", ""))
 
     def _watch(self, nodes: dict[str, dict[str, Any]], version: str) -> str:
         """One watch request; applies events to ``nodes``; returns the version to resume from."""
-        from kubernetes.watch.watch import iter_resp_lines
-
-        response = self._api.list_node(
-            label_selector=self.label_selector,
-            watch=True,
-            allow_watch_bookmarks=True,
-            resource_version=version,
-            timeout_seconds=WATCH_SECONDS,
-            _preload_content=False,
-            _request_timeout=(10, WATCH_SECONDS + 30),
+        query = self._query(
+            watch="true",
+            allowWatchBookmarks="true",
+            resourceVersion=version,
+            timeoutSeconds=str(WATCH_SECONDS),
         )
+        stream = self._api.stream("/api/v1/nodes", query, 10, WATCH_SECONDS + 30)
         self._to_loop(self.state.succeeded)  # the API server answers again
-        self._response = response
+        self._stream = stream
         try:
-            for line in iter_resp_lines(response):
+            for line in stream.lines():
                 if self._stopped.is_set():
                     break
                 if not line.strip():
@@ -196,8 +183,8 @@ class KubernetesDiscovery(DiscoverySource):
                 else:
                     self._to_loop(self.state.succeeded)
         finally:
-            self._response = None
-            response.release_conn()
+            self._stream = None
+            stream.close()
         return version
 
 
@@ -210,22 +197,14 @@ def describe_api_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def kubernetes_client(kubeconfig: Path | None) -> Any:
-    """An ApiClient from the in-cluster service account or a kubeconfig."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
+def kubernetes_api(kubeconfig: Path | None) -> Api:
+    """The API server from the in-cluster ServiceAccount or a kubeconfig."""
     try:
-        if kubeconfig is None and in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            config.load_kube_config(
-                config_file=str(kubeconfig) if kubeconfig else None,
-                client_configuration=configuration,
-            )
-    except Exception as exc:
+        return connect(kubeconfig)
+    except KubeconfigError as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        if kubeconfig is None and in_cluster():
+            where = "the in-cluster ServiceAccount"
         raise ConfigError(
             f"invalid setting 'kubeconfig' (--kubeconfig): cannot load {where}: {exc}"
         ) from None
-    return client.ApiClient(configuration)
