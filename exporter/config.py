@@ -1,9 +1,11 @@
 """Settings: command-line flags > environment > YAML config file > defaults.
 
-One pydantic-settings model holds every setting; the command-line parser is
-generated from it, so a setting has one name everywhere: field ``max_peers`` is
-flag ``--max-peers``, variable ``NODE_PING_MAX_PEERS`` and key ``max_peers`` in
-the config file. Any invalid value becomes a :class:`ConfigError` whose message
+One pydantic model holds every setting; the command-line parser and the
+environment's names are generated from it, so a setting has one name
+everywhere: field ``max_peers`` is flag ``--max-peers``, variable
+``NODE_PING_MAX_PEERS`` and key ``max_peers`` in the config file. (The
+environment is read by env_values(), not pydantic-settings: that package cost
+4.6 MB of memory on every node for what is a dozen lines here.) Any invalid value becomes a :class:`ConfigError` whose message
 is one line naming the setting and the problem.
 """
 
@@ -13,10 +15,9 @@ import argparse
 import ipaddress
 import re
 import socket
-from contextvars import ContextVar
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import (
@@ -27,13 +28,6 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
 )
 
 from .icmp import MIN_PAYLOAD_SIZE, IcmpMode
@@ -218,12 +212,10 @@ def _split_selector(selector: str) -> list[str]:
     return parts
 
 
-_yaml_values: ContextVar[dict[str, Any] | None] = ContextVar("yaml_values", default=None)
+class Settings(BaseModel):
+    """Every setting, validated; load_settings() gathers them from their three places."""
 
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
+    model_config = ConfigDict(
         extra="forbid",
         validate_by_name=True,
         validate_by_alias=True,
@@ -243,7 +235,7 @@ class Settings(BaseSettings):
         "static (--peer); auto picks kubernetes in a cluster, else static if --peer "
         "is given, else file",
     )
-    peers: Annotated[list[StaticPeer], NoDecode] = Field(
+    peers: list[StaticPeer] = Field(
         default_factory=list,
         json_schema_extra={"flag": "--peer", "metavar": "NAME=IP"},
         description="a static peer (repeatable)",
@@ -261,7 +253,7 @@ class Settings(BaseSettings):
     node_selector: str = Field(
         default="", description="label selector: only matching nodes become peers"
     )
-    address_types: Annotated[list[str], NoDecode] = Field(
+    address_types: list[str] = Field(
         default_factory=lambda: ["InternalIP"],
         description="node address types to probe, comma-separated (InternalIP,ExternalIP)",
     )
@@ -269,7 +261,7 @@ class Settings(BaseSettings):
     max_peers: int = Field(
         default=0, ge=0, description="probe at most K nodes (stable hash ring); 0 = all"
     )
-    external_targets: Annotated[list[ExternalTarget], NoDecode] = Field(
+    external_targets: list[ExternalTarget] = Field(
         default_factory=list,
         json_schema_extra={"flag": "--external-target", "metavar": "[NAME=]HOST"},
         description="a target outside the cluster (repeatable)",
@@ -427,18 +419,6 @@ class Settings(BaseSettings):
                 "may hold only letters, digits, '_', '-' and '.', and not start with '.'"
             )
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_values.get() or {})
-        return (init_settings, env_settings, yaml_source)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -646,10 +626,24 @@ def load_settings(argv: list[str], environ: dict[str, str]) -> Settings:
     cli.pop("version", None)
     cli.pop("check_config", None)
     config_path = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
-    token = _yaml_values.set(load_yaml(Path(config_path)) if config_path else {})
+    from_file = load_yaml(Path(config_path)) if config_path else {}
     try:
-        return Settings(**cli)
+        return Settings(**(from_file | env_values(environ) | cli))
     except ValidationError as exc:
         raise ConfigError(describe_error(exc)) from None
-    finally:
-        _yaml_values.reset(token)
+
+
+def env_values(environ: dict[str, str]) -> dict[str, str]:
+    """The settings set in the environment, as text: NODE_PING_<NAME>, or the names a
+    setting lists itself (MY_NODE_NAME, PROMETHEUS_TEXTFILE_DIR…); case does not matter."""
+    lowered = {key.lower(): value for key, value in environ.items()}
+    values: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [ENV_PREFIX + name]
+        for env_name in names:
+            value = lowered.get(str(env_name).lower())
+            if value is not None:
+                values[name] = value
+                break
+    return values

@@ -325,7 +325,7 @@ def test_the_agent_accepts_the_rendered_config(
             ]
             for name, value in container_environment(agent, host_ip).items():
                 monkeypatch.setenv(name, value)
-            settings = load_settings(argv, {})
+            settings = load_settings(argv, dict(os.environ))  # as cli.main passes it
 
             on_host_ip = spec["hostNetwork"] and "metrics.bindHostIP=false" not in args
             wanted = (host_ip, 9798) if on_host_ip else ("", 9798)
