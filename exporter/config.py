@@ -5,8 +5,9 @@ environment's names are generated from it, so a setting has one name
 everywhere: field ``max_peers`` is flag ``--max-peers``, variable
 ``NODE_PING_MAX_PEERS`` and key ``max_peers`` in the config file. (The
 environment is read by env_values(), not pydantic-settings: that package cost
-4.6 MB of memory on every node for what is a dozen lines here.) Any invalid value becomes a :class:`ConfigError` whose message
-is one line naming the setting and the problem.
+4.6 MB of memory on every node for what is a dozen lines here.) Any invalid
+value becomes a :class:`ConfigError` whose message is one line naming the
+setting and the problem.
 """
 
 from __future__ import annotations
