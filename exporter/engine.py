@@ -16,8 +16,10 @@ are rounded down to a grid (a round of about SENDS_PER_ROUND sends, at most
 MAX_ROUND_SECONDS apart): ten peers cost four wake-ups a second, not ten, and a
 peer's sends stay exactly one interval apart.
 
-Probes are numbered by a 64-bit counter. The low 16 bits are the ICMP sequence
-and index flat per-slot arrays (no object per probe); the whole counter travels
+Probes are numbered by a 64-bit counter. The low 16 bits are the ICMP sequence;
+the lowest bits index flat per-slot arrays (no object per probe), sized to four
+times the probes that can be in flight (1,024 to 65,536 slots: 40 KB for a
+small cluster, not 2.2 MB); the whole counter travels
 in the payload after a random per-process token, so a reply is accepted only
 when source address, sequence, counter and token (and in raw mode the ICMP id)
 all match. RTT = kernel receive stamp - send stamp taken just before
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import time
 from array import array
@@ -55,7 +58,8 @@ from .stamp_sender import StampSender
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_SLOTS = 1 << 16
+SEQUENCE_SLOTS = 1 << 16  # the ICMP sequence space: the most slots there can be
+MIN_SLOTS = 1 << 10
 # Never sleep less than this between sends: batches small sends instead of
 # waking the loop thousands of times per second.
 MIN_TICK_SECONDS = 0.01
@@ -260,14 +264,16 @@ class Prober:
         self._token = os.urandom(8) if token is None else token
         self._payload_size = payload_size
         self._counter = int.from_bytes(os.urandom(2), "big")  # random start sequence
-        # Per sequence slot: probe counter, peer, send stamp, deadline, state.
-        self._slot_counter = array("q", [-1]) * SEQUENCE_SLOTS
-        self._slot_peer: list[Peer | None] = [None] * SEQUENCE_SLOTS
-        self._slot_sent_ns = array("q", [0]) * SEQUENCE_SLOTS
-        self._slot_deadline = array("d", [0.0]) * SEQUENCE_SLOTS
-        self._slot_state = bytearray(SEQUENCE_SLOTS)
-        self._slot_large = bytearray(SEQUENCE_SLOTS)  # 1: a size probe
-        self._in_flight: deque[int] = deque()  # sequences, in send order = deadline order
+        # Per slot: probe counter, peer, send stamp, deadline, state, whether a size probe.
+        self._slot_counter = array("q")
+        self._slot_peer: list[Peer | None] = []
+        self._slot_sent_ns = array("q")
+        self._slot_deadline = array("d")
+        self._slot_state = bytearray()
+        self._slot_large = bytearray()
+        self._mask = 0  # slot of a probe = counter & mask
+        self._in_flight: deque[int] = deque()  # slots, in send order = deadline order
+        self._resize_slots(MIN_SLOTS)
         phase = os.urandom(1)[0] / 256 if phase is None else phase
         self._cycle_start = self.clock.monotonic() - phase * interval
         self._schedule: list[ScheduleEntry] = []
@@ -357,6 +363,10 @@ class Prober:
         sizes = self._sizes
         if sizes is not None:
             self._size_every = max(1, round(sizes.probes.interval / self.cycle_seconds))
+        per_peer = 1 + (1 / self._size_every if sizes is not None else 0)  # echo, size probe
+        in_flight = len(peers) / self.cycle_seconds * self.timeout * per_peer
+        if 4 * in_flight > len(self._slot_state):
+            self._resize_slots(min(SEQUENCE_SLOTS, 1 << math.ceil(math.log2(4 * in_flight))))
         large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
         # The grid, as a fraction of the cycle: MIN_TICK_SECONDS would batch nothing
@@ -396,6 +406,41 @@ class Prober:
         position = ((now - self._cycle_start) / self.cycle_seconds) % 1.0
         self._next = bisect_left([entry[0] for entry in schedule], position)
         self._schedule_dirty = False
+
+    def _resize_slots(self, size: int) -> None:
+        """Grow the slot arrays to ``size`` (a power of two), moving the probes in flight
+        to their slots in the larger arrays. (A reply to a probe answered before the
+        move is not recognised as a duplicate after it: it is ignored.)"""
+        old = (
+            self._slot_counter,
+            self._slot_peer,
+            self._slot_sent_ns,
+            self._slot_deadline,
+            self._slot_state,
+            self._slot_large,
+        )
+        self._slot_counter = array("q", [-1]) * size
+        self._slot_peer = [None] * size
+        self._slot_sent_ns = array("q", [0]) * size
+        self._slot_deadline = array("d", [0.0]) * size
+        self._slot_state = bytearray(size)
+        self._slot_large = bytearray(size)
+        self._mask = size - 1
+        new = (
+            self._slot_counter,
+            self._slot_peer,
+            self._slot_sent_ns,
+            self._slot_deadline,
+            self._slot_state,
+            self._slot_large,
+        )
+        moved: deque[int] = deque()
+        for slot in self._in_flight:
+            to = old[0][slot] & self._mask
+            for before, after in zip(old, new, strict=True):
+                after[to] = before[slot]  # type: ignore[index]
+            moved.append(to)
+        self._in_flight = moved
 
     def _set_cycle(self, peers: int) -> None:
         """Probe each peer every --interval, unless that is more than this prober can
@@ -441,10 +486,11 @@ class Prober:
         deadline = now + self.timeout
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
-        slot_deadline, slot_large, in_flight = (
+        slot_deadline, slot_large, in_flight, mask = (
             self._slot_deadline,
             self._slot_large,
             self._in_flight,
+            self._mask,
         )
         time_ns = self.clock.time_ns
         stamp_send = self.stamp.send if self.stamp is not None else None
@@ -474,26 +520,26 @@ class Prober:
                         self._resolve_lost(peer, time_ns(), large)
                         continue
                     build, sendto = route
-                    sequence = counter & 0xFFFF
-                    packet = build(sequence, counter)
+                    packet = build(counter & 0xFFFF, counter)  # the ICMP sequence: 16 bits
+                    slot = counter & mask
                     sent_ns = time_ns()
                     try:
                         sendto(packet, sockaddr)
                     except OSError as exc:
                         self._send_failed(peer, sent_ns, large, exc)
                         continue
-                    if slot_state[sequence] == PENDING:
-                        # 65536 probes in flight: the oldest slot is reused before it expired.
-                        old = slot_peer[sequence]
+                    if slot_state[slot] == PENDING:
+                        # Every slot in flight: the oldest is reused before it expired.
+                        old = slot_peer[slot]
                         assert old is not None
-                        self._resolve_lost(old, slot_sent_ns[sequence], slot_large[sequence])
-                    slot_counter[sequence] = counter
-                    slot_peer[sequence] = peer
-                    slot_sent_ns[sequence] = sent_ns
-                    slot_deadline[sequence] = deadline
-                    slot_state[sequence] = PENDING
-                    slot_large[sequence] = large
-                    in_flight.append(sequence)
+                        self._resolve_lost(old, slot_sent_ns[slot], slot_large[slot])
+                    slot_counter[slot] = counter
+                    slot_peer[slot] = peer
+                    slot_sent_ns[slot] = sent_ns
+                    slot_deadline[slot] = deadline
+                    slot_state[slot] = PENDING
+                    slot_large[slot] = large
+                    in_flight.append(slot)
         finally:
             self._next, self._cycle_start, self._counter = index, cycle_start, counter
             self._cycles = cycles
@@ -517,37 +563,38 @@ class Prober:
                 self._handle_replies(sock.drain())
 
     def _handle_replies(self, replies: list[EchoReply]) -> None:
-        token, timeout_ns = self._token, self.timeout_ns
+        token, timeout_ns, mask = self._token, self.timeout_ns, self._mask
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
         slot_large, stats = self._slot_large, self.stats
         for source, sequence, reply_token, counter, received_ns in replies:
-            peer = slot_peer[sequence]
+            slot = sequence & mask
+            peer = slot_peer[slot]
             if (
                 peer is None
-                or slot_counter[sequence] != counter
+                or slot_counter[slot] != counter
                 or reply_token != token
                 or peer.key.address != source
             ):
                 continue  # not ours (another pinger on this host) or corrupted
-            state = slot_state[sequence]
+            state = slot_state[slot]
             if state != PENDING:
                 if state == ANSWERED:
                     stats.duplicate_replies += 1
                 else:
                     stats.late_replies += 1
                 continue
-            sent_ns = slot_sent_ns[sequence]
+            sent_ns = slot_sent_ns[slot]
             rtt_ns = received_ns - sent_ns
             if rtt_ns > timeout_ns:
                 # Arrived after its timeout, before the expiry pass got to it.
-                slot_state[sequence] = EXPIRED
+                slot_state[slot] = EXPIRED
                 stats.late_replies += 1
-                self._resolve_lost(peer, sent_ns, slot_large[sequence])
+                self._resolve_lost(peer, sent_ns, slot_large[slot])
                 continue
-            slot_state[sequence] = ANSWERED
+            slot_state[slot] = ANSWERED
             stats.probes_resolved += 1
-            if slot_large[sequence]:
+            if slot_large[slot]:
                 peer.large.record_reply()  # type: ignore[union-attr]
                 continue
             peer.stats.record_reply(max(rtt_ns, 0) / 1e6, sent_ns)
@@ -561,11 +608,11 @@ class Prober:
         deadline = self._slot_deadline
         state = self._slot_state
         while in_flight and (deadline[in_flight[0]] <= now or state[in_flight[0]] != PENDING):
-            sequence = in_flight.popleft()
-            if state[sequence] == PENDING:
-                state[sequence] = EXPIRED
-                peer = self._slot_peer[sequence]
-                self._resolve_lost(peer, self._slot_sent_ns[sequence], self._slot_large[sequence])  # type: ignore[arg-type]
+            slot = in_flight.popleft()
+            if state[slot] == PENDING:
+                state[slot] = EXPIRED
+                peer = self._slot_peer[slot]
+                self._resolve_lost(peer, self._slot_sent_ns[slot], self._slot_large[slot])  # type: ignore[arg-type]
 
     def _resolve_lost(self, peer: Peer, sent_ns: int, large: int = 0) -> None:
         if large and peer.large is not None:

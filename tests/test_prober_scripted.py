@@ -16,6 +16,7 @@ from exporter.engine import (
     MAX_LATENESS_SECONDS,
     MAX_PROBES_PER_SECOND,
     MAX_ROUND_SECONDS,
+    MIN_SLOTS,
     MIN_TICK_SECONDS,
     Prober,
     ProbeSizes,
@@ -298,3 +299,23 @@ def test_few_peers_are_probed_in_rounds_each_exactly_once_per_interval() -> None
     for times in per_peer.values():
         assert len(times) == 20
         assert all(abs(b - a - 1.0) < 1e-9 for a, b in itertools.pairwise(times)), times
+
+
+def test_slots_grow_with_the_peers_without_losing_probes_in_flight() -> None:
+    """Ten peers need the smallest slot arrays (40 KB, not the 2.2 MB of the whole
+    sequence space); 3,000 peers with 0.9 s replies grow them while hundreds of probes
+    are in flight, and every one of those is still matched to its reply."""
+    prober, clock, _, table = setup(PEERS[:10], interval=1.0, timeout=1.0)
+    prober.sockets[4].respond = lambda address, at: 0.9  # type: ignore[attr-defined]
+    drive(prober, clock, 3.0)
+    assert len(prober._slot_state) == MIN_SLOTS
+    many = [f"198.19.{i // 250}.{i % 250 + 1}" for i in range(3000)]
+    keys = [p.key for p in table.snapshot()]
+    table.replace(
+        PeerKind.NODE, [*keys, *(PeerKey(PeerKind.NODE, f"m{i}", a) for i, a in enumerate(many))]
+    )
+    drive(prober, clock, 5.0)
+    assert len(prober._slot_state) == 16384  # 4 x 3,010 probes in flight, rounded up
+    stats = [p.stats for p in table.snapshot()]
+    assert sum(s.sent for s in stats) > 3000
+    assert sum(s.received for s in stats) == sum(s.sent for s in stats)
