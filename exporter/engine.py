@@ -411,14 +411,7 @@ class Prober:
         """Grow the slot arrays to ``size`` (a power of two), moving the probes in flight
         to their slots in the larger arrays. (A reply to a probe answered before the
         move is not recognised as a duplicate after it: it is ignored.)"""
-        old = (
-            self._slot_counter,
-            self._slot_peer,
-            self._slot_sent_ns,
-            self._slot_deadline,
-            self._slot_state,
-            self._slot_large,
-        )
+        old = self._slot_arrays()
         self._slot_counter = array("q", [-1]) * size
         self._slot_peer = [None] * size
         self._slot_sent_ns = array("q", [0]) * size
@@ -426,7 +419,17 @@ class Prober:
         self._slot_state = bytearray(size)
         self._slot_large = bytearray(size)
         self._mask = size - 1
-        new = (
+        new = self._slot_arrays()
+        moved: deque[int] = deque()
+        for slot in self._in_flight:
+            to = old[0][slot] & self._mask
+            for before, after in zip(old, new, strict=True):
+                after[to] = before[slot]
+            moved.append(to)
+        self._in_flight = moved
+
+    def _slot_arrays(self) -> tuple[Any, ...]:
+        return (
             self._slot_counter,
             self._slot_peer,
             self._slot_sent_ns,
@@ -434,13 +437,6 @@ class Prober:
             self._slot_state,
             self._slot_large,
         )
-        moved: deque[int] = deque()
-        for slot in self._in_flight:
-            to = old[0][slot] & self._mask
-            for before, after in zip(old, new, strict=True):
-                after[to] = before[slot]  # type: ignore[index]
-            moved.append(to)
-        self._in_flight = moved
 
     def _set_cycle(self, peers: int) -> None:
         """Probe each peer every --interval, unless that is more than this prober can
