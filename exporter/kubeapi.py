@@ -259,7 +259,10 @@ def kubeconfig_api(path: Path) -> Api:
         return plugin_api(path)
     base = path.parent
     try:
-        tls = ssl.create_default_context()
+        # The cluster's CA, when given, is the only one trusted (as in client-go); the
+        # system's CAs only for a server without one (a managed API server's public
+        # certificate).
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if cluster.get("insecure-skip-tls-verify"):
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
@@ -267,6 +270,8 @@ def kubeconfig_api(path: Path) -> Api:
             tls.load_verify_locations(cadata=_decoded(cluster["certificate-authority-data"]))
         elif cluster.get("certificate-authority"):
             tls.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
+        else:
+            tls.load_default_certs()
         cert, key = user.get("client-certificate-data"), user.get("client-key-data")
         if cert and key:
             _load_cert_chain_from_memory(tls, _decoded(cert), _decoded(key))
