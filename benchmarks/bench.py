@@ -8,7 +8,9 @@ addresses answered by a user-space responder after a fixed delay (kernel echo
 replies off), probed once per second each, by the agent with echo only
 (``--stamp-port 0 --size-probe-interval 0``), by the agent as shipped (echo, a
 STAMP packet per echo to a reflector answering on every target address, a
-path-MTU probe per peer every 10 s), and by ``fping -l -p 1000`` (not at 0).
+path-MTU probe per peer every 10 s, and its own reflector answering one STAMP
+packet per peer per second from the peers' addresses, benchmarks/stamp_load.py,
+as in a cluster), and by ``fping -l -p 1000`` (not at 0).
 
 The agent finds its peers as in a cluster: Kubernetes discovery (list/watch of
 Node objects) against a real API server (lab/controlplane.py: etcd and
@@ -72,6 +74,8 @@ class Result:
     scrape_cpu_ms: float = 0.0  # CPU of one /metrics scrape
     # where the agent's CPU went: thread -> (user s, kernel s, wake-ups) in the window
     threads: dict[str, list[float]] | None = None
+    # STAMP packets its reflector answered / received from the load (as shipped only)
+    reflected: str = ""
 
     @property
     def cpu_ms_per_second(self) -> float:
@@ -232,13 +236,19 @@ def run_agent(
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    reflector = None
+    reflector = load = None
     if "STAMP" in variant:
         reflector = net.hosts.popen(
             [sys.executable, "-c", REFLECTOR, str(STAMP_PORT)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
+        if peers:  # and the agent's own reflector answers its peers, as in a cluster
+            load = net.hosts.popen(
+                [sys.executable, "-m", "benchmarks.stamp_load", AGENT_V4, str(STAMP_PORT),
+                 str(peers), str(WARMUP_SECONDS + seconds + 30)],
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+            )  # fmt: skip
     try:
         sleep_until(start)
         responder.send_signal(signal.SIGUSR1)
@@ -265,6 +275,12 @@ def run_agent(
         if reflector is not None:
             reflector.kill()
             reflector.wait(timeout=10)
+        reflected = ""
+        if load is not None:
+            load.send_signal(signal.SIGTERM)
+            out_text, _ = load.communicate(timeout=10)
+            counts = json.loads(out_text.decode() or "{}")
+            reflected = f"{counts.get('answered', 0)} / {counts.get('sent', 0)}"
     data = json.loads(out.read_text())
     rtts = data["rtts"]
     cpu = data["total"][0] + data["total"][1]  # the agent's own getrusage, to the µs
@@ -281,6 +297,7 @@ def run_agent(
         percentile(rtts, 0.99),
         statistics.median(renders),
         wakes=data["total"][2],
+        reflected=reflected,
         scrape_cpu_ms=scrape_cpu * 1000,
         threads=data["threads"] | {"total": data["total"]},
     )
@@ -355,8 +372,8 @@ def table(results: list[Result], hold: dict[int, dict[str, float]]) -> str:
         "| peers | tool | CPU ms / s | CPU-s / 1000 echo probes | wake-ups / s "
         "| echo probes/s achieved / scheduled | peak RSS MB "
         "| RTT median ms | RTT p99 ms | true delay (responder hold, median) ms "
-        "| /metrics render ms | CPU ms per scrape |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| /metrics render ms | CPU ms per scrape | STAMP packets answered / received |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         render = f"{r.render_ms:.0f}" if r.render_ms is not None else "—"
@@ -366,7 +383,7 @@ def table(results: list[Result], hold: dict[int, dict[str, float]]) -> str:
             f"| {r.peers} | {r.tool} | {r.cpu_ms_per_second:.2f} | {r.cpu_per_1000:.4f} "
             f"| {r.wakes / r.seconds:.1f} | {r.achieved:.0f} / {r.scheduled:.0f} "
             f"| {r.rss_mb:.1f} | {r.rtt_median:.3f} | {r.rtt_p99:.3f} | {true:.3f} "
-            f"| {render} | {scrape} |"
+            f"| {render} | {scrape} | {r.reflected or '—'} |"
         )
     return "\n".join(lines)
 
