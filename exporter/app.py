@@ -34,7 +34,7 @@ from .icmp import EchoSocket, open_echo_socket, resolve_mode
 from .metrics import AgentCollector
 from .peers import PeerTable
 from .preflight import Plan
-from .reflector import Reflector, open_reflector_socket
+from .reflector import MAX_PAUSE_SECONDS, Reflector, open_reflector_socket
 from .server import HttpServer, make_server
 from .stamp_sender import StampSender, open_sender_socket
 from .supervisor import AgentFailed, Component, Supervisor
@@ -170,7 +170,10 @@ class Agent:
             ) from None
         allowed = None if s.stamp_reflect_any else self.sink.knows
         known = None if s.stamp_reflect_any else self.discovery_state.synced
-        return Reflector(sockets, s.node_name, allowed, port=s.stamp_port, peers_known=known)
+        pause = min(MAX_PAUSE_SECONDS, s.timeout / 4)  # the senders' timeout: the same config
+        return Reflector(
+            sockets, s.node_name, allowed, port=s.stamp_port, peers_known=known, pause=pause
+        )
 
     def _http_server(self) -> HttpServer:
         s = self.settings

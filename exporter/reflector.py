@@ -9,7 +9,11 @@ forgotten, and at most MAX_SESSIONS are kept (the oldest goes first).
 
 The reply goes out as soon as the packet is read (the socket wakes the event
 loop; no tick), and carries the kernel's receive stamp and the send time, so
-the sender subtracts the reflector's own delay from the round trip.
+the sender subtracts the reflector's own delay from the round trip. When
+packets come faster than one per ``pause`` (a quarter of the probe timeout, at
+most 0.25 s: a cluster of more than a few nodes), the reflector stops listening
+for ``pause`` after each wake and answers what waited in one go: a few wake-ups
+a second instead of one per peer, at the cost of a hold the sender subtracts.
 
 Only addresses of known nodes get a reply, by default: a UDP reflector that
 answers anyone on a host network is a tool for others (a spoofed source turns
@@ -52,6 +56,7 @@ MAX_SESSIONS = 16_384
 READ_BATCH = 256
 # Every node's sender at 1 probe/s in a 5000-node cluster is 5000/s; four times that.
 MAX_REPLIES_PER_SECOND = 20_000
+MAX_PAUSE_SECONDS = 0.25
 
 SessionKey = tuple[str, int, int]  # sender address, port, SSID
 
@@ -74,8 +79,10 @@ class Reflector:
         peers_known: asyncio.Event | None = None,
         time_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
+        pause: float = 0.0,
     ) -> None:
         self.sockets = sockets
+        self.pause = pause  # 0: every packet answered as it comes
         self.node_name = node_name
         self.allowed = allowed  # None: every source
         # Nothing is read before this is set (the first discovery sync): until then
@@ -100,11 +107,28 @@ class Reflector:
         loop = asyncio.get_running_loop()
         if self.peers_known is not None:
             await self.peers_known.wait()
+        woken: dict[int, float] = {}  # socket -> when it last woke the loop
+        paused: dict[int, asyncio.TimerHandle] = {}
+
+        def listen(sock: socket.socket) -> None:
+            paused.pop(sock.fileno(), None)
+            loop.add_reader(sock.fileno(), wake, sock)
+
+        def wake(sock: socket.socket) -> None:
+            self.read(sock)
+            now, fd = self.monotonic(), sock.fileno()
+            if self.pause and now - woken.get(fd, -self.pause) < self.pause:
+                loop.remove_reader(fd)  # busy: take the next packets together
+                paused[fd] = loop.call_later(self.pause, listen, sock)
+            woken[fd] = now
+
         for sock in self.sockets.values():
-            loop.add_reader(sock.fileno(), self.read, sock)
+            listen(sock)
         try:
             await asyncio.Event().wait()  # the work happens in read()
         finally:
+            for handle in paused.values():
+                handle.cancel()
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
 

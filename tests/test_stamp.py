@@ -452,3 +452,43 @@ def _settle(sender: StampSender) -> None:
     time.sleep(0.2)
     sender.drain(sender.sockets)
     sender.expire(time.monotonic() + 5)
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.2])
+def test_a_busy_reflector_answers_in_batches_and_says_how_long_it_held(pause: float) -> None:
+    """Packets 10 ms apart (a cluster of 100 nodes): with a pause the reflector wakes a
+    few times in all, not once per packet, and answers every packet, each reply carrying
+    its hold (receive stamp to send time) for the sender to subtract: under the pause."""
+    sock = open_reflector_socket(4, 0)
+    port = sock.getsockname()[1]
+    running = Running(Reflector({4: sock}, "me", pause=pause))
+    wakes: list[socket.socket] = []
+    read = running.reflector.read
+
+    def counted(sock: socket.socket) -> None:
+        wakes.append(sock)
+        read(sock)
+
+    running.reflector.read = counted  # type: ignore[method-assign]
+    replies = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.setblocking(False)
+            for sequence in range(30):
+                sender.sendto(pack_sender(sequence, 1, 9), ("127.0.0.1", port))
+                running.pump(0.01)
+            running.pump(pause + 0.1)
+            while True:
+                try:
+                    replies.append(unpack_reflector(sender.recv(2048)))
+                except BlockingIOError:
+                    break
+    finally:
+        running.close()
+    assert len(replies) == 30
+    if pause:
+        assert len(wakes) <= 12, len(wakes)
+        holds = [ntp_difference_ns(r.timestamp, r.receive_timestamp) / 1e9 for r in replies if r]
+        assert max(holds) <= pause + 0.1 and max(holds) > 0.05  # batched: some waited
+    else:
+        assert len(wakes) >= 25  # one per packet
