@@ -117,9 +117,11 @@ def sleep_until(monotonic_deadline: float) -> None:
     time.sleep(max(0.0, monotonic_deadline - time.monotonic()))
 
 
-# The agent's variants: echo only, and as shipped (STAMP and path-MTU probes on).
+# The agent's variants: echo only; STAMP and path-MTU probes on (as shipped) with its
+# reflector idle; and as shipped with its reflector answering its peers (as in a cluster).
 ECHO_ONLY = ["--stamp-port", "0", "--size-probe-interval", "0"]
-VARIANTS = {"echo only": ECHO_ONLY, "echo + STAMP + size": []}
+REFLECTING = "as shipped, reflecting peers' STAMP"
+VARIANTS = {"echo only": ECHO_ONLY, "echo + STAMP + size": [], REFLECTING: []}
 STAMP_PORT = 8762
 # A STAMP reflector for every target address (the agent's own, answering any source).
 REFLECTOR = """
@@ -237,13 +239,13 @@ def run_agent(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     reflector = load = None
-    if "STAMP" in variant:
+    if variant != "echo only":
         reflector = net.hosts.popen(
             [sys.executable, "-c", REFLECTOR, str(STAMP_PORT)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        if peers:  # and the agent's own reflector answers its peers, as in a cluster
+        if peers and variant == REFLECTING:  # the agent's reflector answers its peers
             load = net.hosts.popen(
                 [sys.executable, "-m", "benchmarks.stamp_load", AGENT_V4, str(STAMP_PORT),
                  str(peers), str(WARMUP_SECONDS + seconds + 30)],
@@ -477,8 +479,9 @@ def main() -> None:
     print("\nWhere the agent's CPU goes:\n")
     print(breakdown(results))
     for peers in sizes:
-        echo, full = (
-            next(r for r in results if r.peers == peers and v in r.tool) for v in VARIANTS
+        echo, full, reflecting = (
+            next(r for r in results if r.peers == peers and r.tool.endswith(f"({v})"))
+            for v in VARIANTS
         )
         if not peers:
             print(
@@ -489,10 +492,10 @@ def main() -> None:
             continue
         fping = next(r for r in results if r.peers == peers and r.render_ms is None)
         print(
-            f"\n{peers} peers: CPU per 1000 echo probes, agent (echo only) / fping = "
-            f"{echo.cpu_per_1000 / fping.cpu_per_1000:.2f}, as shipped / fping = "
-            f"{full.cpu_per_1000 / fping.cpu_per_1000:.2f}; STAMP and size probes cost "
-            f"{full.cpu_seconds / echo.cpu_seconds:.2f}x the echo-only agent's CPU",
+            f"\n{peers} peers: CPU per s / fping's: echo only "
+            f"{echo.cpu_ms_per_second / fping.cpu_ms_per_second:.2f}, STAMP and size probes on "
+            f"{full.cpu_ms_per_second / fping.cpu_ms_per_second:.2f}, also reflecting "
+            f"{reflecting.cpu_ms_per_second / fping.cpu_ms_per_second:.2f}",
             end="",
         )
     print()

@@ -12,8 +12,9 @@ loop; no tick), and carries the kernel's receive stamp and the send time, so
 the sender subtracts the reflector's own delay from the round trip. When
 packets come faster than one per ``pause`` (a quarter of the probe timeout, at
 most 0.25 s: a cluster of more than a few nodes), the reflector stops listening
-for ``pause`` after each wake and answers what waited in one go: a few wake-ups
-a second instead of one per peer, at the cost of a hold the sender subtracts.
+and reads every ``pause`` instead, answering what waited in one go, until a read
+finds nothing: 1/pause wake-ups a second however many peers send, at the cost of
+a hold the sender subtracts.
 
 Only addresses of known nodes get a reply, by default: a UDP reflector that
 answers anyone on a host network is a tool for others (a spoofed source turns
@@ -107,27 +108,33 @@ class Reflector:
         loop = asyncio.get_running_loop()
         if self.peers_known is not None:
             await self.peers_known.wait()
-        woken: dict[int, float] = {}  # socket -> when it last woke the loop
-        paused: dict[int, asyncio.TimerHandle] = {}
-
-        def listen(sock: socket.socket) -> None:
-            paused.pop(sock.fileno(), None)
-            loop.add_reader(sock.fileno(), wake, sock)
+        woken: dict[int, float] = {}  # socket -> when a packet last woke the loop
+        polls: dict[int, asyncio.TimerHandle] = {}
 
         def wake(sock: socket.socket) -> None:
+            """A packet arrived; a second within ``pause``: poll instead of listening."""
             self.read(sock)
             now, fd = self.monotonic(), sock.fileno()
             if self.pause and now - woken.get(fd, -self.pause) < self.pause:
-                loop.remove_reader(fd)  # busy: take the next packets together
-                paused[fd] = loop.call_later(self.pause, listen, sock)
+                loop.remove_reader(fd)
+                polls[fd] = loop.call_later(self.pause, poll, sock)
             woken[fd] = now
 
+        def poll(sock: socket.socket) -> None:
+            """Busy: read every ``pause`` while packets keep coming, then listen again."""
+            fd = sock.fileno()
+            if self.read(sock):
+                polls[fd] = loop.call_later(self.pause, poll, sock)
+            else:
+                del polls[fd]
+                loop.add_reader(fd, wake, sock)
+
         for sock in self.sockets.values():
-            listen(sock)
+            loop.add_reader(sock.fileno(), wake, sock)
         try:
             await asyncio.Event().wait()  # the work happens in read()
         finally:
-            for handle in paused.values():
+            for handle in polls.values():
                 handle.cancel()
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
@@ -136,17 +143,20 @@ class Reflector:
         counts = sorted(dict(self.counts).items())
         yield STAMP_REFLECTOR_PACKETS.samples(((self.node_name, r), n) for r, n in counts)
 
-    def read(self, sock: socket.socket) -> None:
-        """Reflect everything waiting in ``sock`` (up to READ_BATCH packets)."""
-        for _ in range(READ_BATCH):
+    def read(self, sock: socket.socket) -> int:
+        """Reflect everything waiting in ``sock`` (up to READ_BATCH packets); how many
+        packets there were."""
+        count = 0
+        for count in range(READ_BATCH):
             try:
                 data, ancdata, _flags, address = sock.recvmsg(MAX_PACKET, ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
-                return
+                return count
             except OSError as exc:  # an ICMP error queued on the socket: nothing to read
                 log.debug("reflector receive error", extra={"problem": str(exc)})
                 continue
             self.reflect(sock, data, ancdata, address)
+        return READ_BATCH
 
     def reflect(
         self,

@@ -465,9 +465,9 @@ def test_a_busy_reflector_answers_in_batches_and_says_how_long_it_held(pause: fl
     wakes: list[socket.socket] = []
     read = running.reflector.read
 
-    def counted(sock: socket.socket) -> None:
+    def counted(sock: socket.socket) -> int:
         wakes.append(sock)
-        read(sock)
+        return read(sock)
 
     running.reflector.read = counted  # type: ignore[method-assign]
     replies = []
