@@ -14,7 +14,10 @@ packets come faster than one per ``pause`` (a quarter of the probe timeout, at
 most 0.25 s: a cluster of more than a few nodes), the reflector stops listening
 and reads every ``pause`` instead, answering what waited in one go, until a read
 finds nothing: 1/pause wake-ups a second however many peers send, at the cost of
-a hold the sender subtracts.
+a hold the sender subtracts. The pause is shortened while a read finds the
+socket's buffer a quarter full (a node's default buffer holds some 200 packets:
+5000 peers need a read every 10 ms), so polling never drops what waiting for
+each packet would have answered.
 
 Only addresses of known nodes get a reply, by default: a UDP reflector that
 answers anyone on a host network is a tool for others (a spoofed source turns
@@ -58,6 +61,7 @@ READ_BATCH = 256
 # Every node's sender at 1 probe/s in a 5000-node cluster is 5000/s; four times that.
 MAX_REPLIES_PER_SECOND = 20_000
 MAX_PAUSE_SECONDS = 0.25
+MIN_POLL_SECONDS = 0.01
 
 SessionKey = tuple[str, int, int]  # sender address, port, SSID
 
@@ -109,32 +113,48 @@ class Reflector:
         if self.peers_known is not None:
             await self.peers_known.wait()
         woken: dict[int, float] = {}  # socket -> when a packet last woke the loop
-        polls: dict[int, asyncio.TimerHandle] = {}
+        polls: dict[int, tuple[asyncio.TimerHandle, float]] = {}  # -> next poll, its pause
+        holds = {  # packets a socket's receive buffer holds, roughly
+            sock.fileno(): max(16, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2048)
+            for sock in self.sockets.values()
+        }
 
         def wake(sock: socket.socket) -> None:
             """A packet arrived; a second within ``pause``: poll instead of listening."""
             self.read(sock)
             now, fd = self.monotonic(), sock.fileno()
-            if self.pause and now - woken.get(fd, -self.pause) < self.pause:
-                loop.remove_reader(fd)
-                polls[fd] = loop.call_later(self.pause, poll, sock)
+            since = now - woken.get(fd, -self.pause)
             woken[fd] = now
+            if self.pause and since < self.pause:
+                # A quarter of the buffer per poll at the rate seen, so none is dropped.
+                loop.remove_reader(fd)
+                schedule(sock, min(self.pause, max(MIN_POLL_SECONDS, holds[fd] / 4 * since)))
+
+        def schedule(sock: socket.socket, pause: float) -> None:
+            polls[sock.fileno()] = (loop.call_later(pause, poll, sock), pause)
 
         def poll(sock: socket.socket) -> None:
-            """Busy: read every ``pause`` while packets keep coming, then listen again."""
+            """Busy: read every pause while packets keep coming (shorter while a read
+            finds the buffer filling, longer up to ``pause`` while it finds little),
+            then listen again."""
             fd = sock.fileno()
-            if self.read(sock):
-                polls[fd] = loop.call_later(self.pause, poll, sock)
-            else:
-                del polls[fd]
+            pause = polls.pop(fd)[1]
+            count = self.read(sock, holds[fd] + READ_BATCH)
+            if not count:
                 loop.add_reader(fd, wake, sock)
+            elif count > holds[fd] // 4:
+                schedule(sock, max(MIN_POLL_SECONDS, pause / 2))
+            elif count < holds[fd] // 16:
+                schedule(sock, min(self.pause, pause * 2))
+            else:
+                schedule(sock, pause)
 
         for sock in self.sockets.values():
             loop.add_reader(sock.fileno(), wake, sock)
         try:
             await asyncio.Event().wait()  # the work happens in read()
         finally:
-            for handle in polls.values():
+            for handle, _ in polls.values():
                 handle.cancel()
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
@@ -143,11 +163,11 @@ class Reflector:
         counts = sorted(dict(self.counts).items())
         yield STAMP_REFLECTOR_PACKETS.samples(((self.node_name, r), n) for r, n in counts)
 
-    def read(self, sock: socket.socket) -> int:
-        """Reflect everything waiting in ``sock`` (up to READ_BATCH packets); how many
-        packets there were."""
+    def read(self, sock: socket.socket, limit: int = READ_BATCH) -> int:
+        """Reflect everything waiting in ``sock`` (up to ``limit`` packets: a poll takes
+        what a whole pause brought); how many packets there were."""
         count = 0
-        for count in range(READ_BATCH):
+        for count in range(limit):
             try:
                 data, ancdata, _flags, address = sock.recvmsg(MAX_PACKET, ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -156,7 +176,7 @@ class Reflector:
                 log.debug("reflector receive error", extra={"problem": str(exc)})
                 continue
             self.reflect(sock, data, ancdata, address)
-        return READ_BATCH
+        return limit
 
     def reflect(
         self,

@@ -465,9 +465,9 @@ def test_a_busy_reflector_answers_in_batches_and_says_how_long_it_held(pause: fl
     wakes: list[socket.socket] = []
     read = running.reflector.read
 
-    def counted(sock: socket.socket) -> int:
+    def counted(sock: socket.socket, limit: int = 256) -> int:
         wakes.append(sock)
-        return read(sock)
+        return read(sock, limit)
 
     running.reflector.read = counted  # type: ignore[method-assign]
     replies = []
@@ -492,3 +492,23 @@ def test_a_busy_reflector_answers_in_batches_and_says_how_long_it_held(pause: fl
         assert max(holds) <= pause + 0.1 and max(holds) > 0.05  # batched: some waited
     else:
         assert len(wakes) >= 25  # one per packet
+
+
+def test_a_busy_reflector_with_a_small_buffer_polls_often_enough_to_drop_nothing() -> None:
+    """A node's default receive buffer holds some 200 small packets; at 3000 packets a
+    second a 0.2 s pause would overflow it. The pause follows the rate seen, so every
+    packet is answered."""
+    sock = open_reflector_socket(4, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    port = sock.getsockname()[1]
+    running = Running(Reflector({4: sock}, "me", pause=0.2))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for sequence in range(600):
+                sender.sendto(pack_sender(sequence, 1, 9), ("127.0.0.1", port))
+                if sequence % 3 == 2:
+                    running.pump(0.001)
+            running.pump(0.5)
+    finally:
+        running.close()
+    assert running.reflector.counts["reflected"] == 600
