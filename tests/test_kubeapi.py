@@ -229,3 +229,28 @@ def test_the_agent_does_not_import_the_kubernetes_package(plane: Any, tmp_path: 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_discovery_lists_nodes_page_by_page(
+    plane: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node list comes a page at a time (a 5000-node list in one piece is tens of
+    MB at once) and only what makes a node a peer is kept: with pages of one Node, the
+    same peers and a version to watch from."""
+    from exporter.discovery import DiscoveryState, NodeSink
+    from exporter.discovery import kubernetes as discovery
+    from exporter.peers import NodeAddress, PeerTable
+
+    path = kubeconfig(tmp_path / "kc", plane.server, ca_data(plane), {"token": admin_token(plane)})
+    source = discovery.KubernetesDiscovery(
+        NodeSink(PeerTable(window=5, per_peer_histogram=False), "me", False, 0),
+        DiscoveryState("kubernetes"),
+        ["InternalIP"],
+        "",
+        path,
+    )
+    whole, version = source._list()
+    monkeypatch.setattr(discovery, "LIST_PAGE", 1)
+    paged, paged_version = source._list()
+    assert paged == whole and len(paged) >= 2 and version and paged_version
+    assert paged["kubeapi-a"] == NodeAddress("kubeapi-a", ("198.18.128.1",), "")

@@ -58,6 +58,11 @@ def node_addresses(node: dict[str, Any], address_types: list[str]) -> NodeAddres
     return NodeAddress(str(metadata["name"]), tuple(addresses), str(zone))
 
 
+# Node name -> what makes it a peer (None: no usable address, or being deleted).
+Nodes = dict[str, NodeAddress | None]
+LIST_PAGE = 500
+
+
 class ResourceExpired(Exception):
     """410 Gone: the watch's resource version is too old; relist."""
 
@@ -104,8 +109,8 @@ class KubernetesDiscovery(DiscoverySource):
     def _as_peer(self, node: dict[str, Any] | None) -> NodeAddress | None:
         return node_addresses(node, self.address_types) if node is not None else None
 
-    def _publish(self, nodes: dict[str, dict[str, Any]]) -> None:
-        snapshot = [n for n in map(self._as_peer, nodes.values()) if n]
+    def _publish(self, nodes: Nodes) -> None:
+        snapshot = [n for n in nodes.values() if n]
         self._to_loop(self.sink.update, snapshot)
         self._to_loop(self.state.succeeded)
 
@@ -115,7 +120,7 @@ class KubernetesDiscovery(DiscoverySource):
         resume their watches instead of all listing every node at once. Relist only when
         the version is gone (410)."""
         backoff = BACKOFF_FIRST
-        nodes: dict[str, dict[str, Any]] | None = None  # the last list, kept current by events
+        nodes: Nodes | None = None  # the last list, kept current by events
         version = ""
         while not self._stopped.is_set():
             try:
@@ -140,12 +145,22 @@ class KubernetesDiscovery(DiscoverySource):
         selector = {"labelSelector": self.label_selector} if self.label_selector else {}
         return selector | extra
 
-    def _list(self) -> tuple[dict[str, dict[str, Any]], str]:
-        body = self._api.get_json("/api/v1/nodes", self._query(), 30)
-        nodes = {item["metadata"]["name"]: item for item in body.get("items") or []}
-        return nodes, str(body.get("metadata", {}).get("resourceVersion", ""))
+    def _list(self) -> tuple[Nodes, str]:
+        """Every Node, a page of LIST_PAGE at a time (one snapshot: the continue token
+        keeps the first page's version), kept only as what makes it a peer: a 5000-node
+        list in one piece is tens of MB of JSON and objects at once."""
+        nodes: Nodes = {}
+        query = self._query(limit=str(LIST_PAGE))
+        while True:
+            body = self._api.get_json("/api/v1/nodes", query, 30)
+            for item in body.get("items") or []:
+                nodes[item["metadata"]["name"]] = self._as_peer(item)
+            metadata = body.get("metadata") or {}
+            if not metadata.get("continue"):
+                return nodes, str(metadata.get("resourceVersion", ""))
+            query = self._query(limit=str(LIST_PAGE), **{"continue": metadata["continue"]})
 
-    def _watch(self, nodes: dict[str, dict[str, Any]], version: str) -> str:
+    def _watch(self, nodes: Nodes, version: str) -> str:
         """One watch request; applies events to ``nodes``; returns the version to resume from."""
         query = self._query(
             watch="true",
@@ -173,12 +188,12 @@ class KubernetesDiscovery(DiscoverySource):
                 if kind == "BOOKMARK" or not name:
                     self._to_loop(self.state.succeeded)
                     continue
-                before = self._as_peer(nodes.get(name))
+                before = nodes.get(name)
                 if kind == "DELETED":
                     nodes.pop(name, None)
                 else:
-                    nodes[name] = obj
-                if self._as_peer(nodes.get(name)) != before:
+                    nodes[name] = self._as_peer(obj)
+                if nodes.get(name) != before:
                     self._publish(nodes)  # most MODIFIED events are status churn: no change
                 else:
                     self._to_loop(self.state.succeeded)
