@@ -50,7 +50,13 @@ from lab.responder import ResponderUnavailable, ensure_responder
 from lab.targets import AGENT_V4, TargetNetwork, target_v4
 
 ROOT = Path(__file__).resolve().parent.parent
-WARMUP_SECONDS = 6.0
+WARMUP_SECONDS = 6.0  # and 2 s more per 1000 peers for the agent (its first list of Nodes)
+
+
+def warmup(peers: int) -> float:
+    return WARMUP_SECONDS + 2.0 * peers / 1000
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORT = 19798
 SCRAPE_INTERVAL = 30.0  # the chart's default: what a scrape adds per second
@@ -211,7 +217,7 @@ def run_agent(
     variant: str = "echo only",
 ) -> Result:
     out = work / f"agent-{peers}.json"
-    start = time.monotonic() + WARMUP_SECONDS
+    start = time.monotonic() + warmup(peers)
     end = start + seconds
     proc = net.agent.popen(
         [
@@ -248,7 +254,7 @@ def run_agent(
         if peers and variant == REFLECTING:  # the agent's reflector answers its peers
             load = net.hosts.popen(
                 [sys.executable, "-m", "benchmarks.stamp_load", AGENT_V4, str(STAMP_PORT),
-                 str(peers), str(WARMUP_SECONDS + seconds + 30)],
+                 str(peers), str(warmup(peers) + seconds + 30)],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
             )  # fmt: skip
     try:
@@ -471,7 +477,8 @@ def main() -> None:
             source.close()
     print(
         f"\nOne probe per peer per second, {args.seconds:.0f} s window after "
-        f"{WARMUP_SECONDS:.0f} s warm-up, responder delay {args.delay_ms} ms, "
+        f"{WARMUP_SECONDS:.0f} s warm-up (the agent's: 2 s more per 1000 peers), "
+        f"responder delay {args.delay_ms} ms, "
         f"{args.discovery} discovery, a scrape every {SCRAPE_INTERVAL:.0f} s counted in "
         f"CPU ms / s, {os.cpu_count()} cores.\n"
     )
