@@ -124,11 +124,15 @@ class ApiServer:
         server_name: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        try:
+            port = parsed.port
+        except ValueError:
+            port = -1
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or port == -1:
             raise KubeconfigError(f"server {url!r} is not an http(s) URL")
         self.url = url
         self.host = parsed.hostname
-        self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.port = port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
         self.tls = tls if parsed.scheme == "https" else None
         self.token = token
@@ -248,8 +252,12 @@ def kubeconfig_api(path: Path) -> Api:
     """The API server of the kubeconfig's current context, with its credentials."""
     try:
         config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubeconfigError(str(exc)) from None
+    except OSError as exc:
+        raise KubeconfigError(exc.strerror or str(exc)) from None
+    except yaml.YAMLError as exc:  # its message quotes the line, which may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeconfigError(f"not valid YAML{at}") from None
     if not isinstance(config, dict):
         raise KubeconfigError("not a kubeconfig (no mapping at the top)")
     context = _named(config, "contexts", str(config.get("current-context") or ""), "context")

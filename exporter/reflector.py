@@ -139,15 +139,18 @@ class Reflector:
             then listen again."""
             fd = sock.fileno()
             pause = polls.pop(fd)[1]
-            count = self.read(sock, holds[fd] + READ_BATCH)
-            if not count:
-                loop.add_reader(fd, wake, sock)
-            elif count > holds[fd] // 4:
-                schedule(sock, max(MIN_POLL_SECONDS, pause / 2))
-            elif count < holds[fd] // 16:
-                schedule(sock, min(self.pause, pause * 2))
-            else:
-                schedule(sock, pause)
+            count = 0
+            try:
+                count = self.read(sock, holds[fd] + READ_BATCH)
+            finally:  # even after a bug in read(): never left neither listening nor polling
+                if not count:
+                    loop.add_reader(fd, wake, sock)
+                elif count > holds[fd] // 4:
+                    schedule(sock, max(MIN_POLL_SECONDS, pause / 2))
+                elif count < holds[fd] // 16:
+                    schedule(sock, min(self.pause, pause * 2))
+                else:
+                    schedule(sock, pause)
 
         for sock in self.sockets.values():
             loop.add_reader(sock.fileno(), wake, sock)

@@ -168,6 +168,7 @@ class _Server(ThreadingHTTPServer):
         whether it should stop: twice a second on every node, forever. Here shutdown()
         sends a byte that ends the wait instead (a byte sent before the loop starts
         ends it at once, so a stop can never be missed)."""
+        self._stopped.clear()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
@@ -175,13 +176,18 @@ class _Server(ThreadingHTTPServer):
                 while True:
                     ready = {key.fileobj for key, _ in selector.select()}
                     if self._stop_reader in ready:
+                        self._stop_reader.recv(1)  # taken: a restart serves again
                         return
                     self._handle_request_noblock()  # type: ignore[attr-defined]  # socketserver's accept step
         finally:
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop serve_forever and wait until it has returned (call from another thread)."""
+        """Stop serve_forever and wait until it has returned (call from another thread).
+        Nothing to stop when it has already ended (it failed): no byte is left behind
+        to end the next one at once."""
+        if self._stopped.is_set():
+            return
         with contextlib.suppress(OSError):  # already closed: the loop has ended
             self._stop_writer.send(b"\0")
         self._stopped.wait()

@@ -188,6 +188,12 @@ def test_an_exec_plugin_goes_through_the_kubernetes_package(plane: Any, tmp_path
     "text, problem",
     [
         ("[]", "not a kubeconfig"),
+        ("users:\n- name: u\n  user: {token: s3cret\n", "not valid YAML at line"),
+        (
+            '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k"}}],'
+            ' "clusters": [{"name": "k", "cluster": {"server": "https://x:99999"}}]}',
+            "not an http(s) URL",
+        ),
         ('{"current-context": "x"}', "no context named 'x'"),
         (
             '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k"}}]}',
@@ -212,6 +218,7 @@ def test_a_bad_kubeconfig_is_one_line(text: str, problem: str, tmp_path: Path) -
     with pytest.raises(KubeconfigError) as caught:
         kubeapi.connect(path)
     assert problem in str(caught.value) and "\n" not in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_the_agent_does_not_import_the_kubernetes_package(plane: Any, tmp_path: Path) -> None:

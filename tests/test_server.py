@@ -567,3 +567,21 @@ def test_an_idle_server_sleeps_until_a_connection_or_shutdown() -> None:
         server.server_close()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_server_serves_again_after_a_stop_and_a_late_shutdown() -> None:
+    """The supervisor restarts a server whose loop ended (it failed, then its stop was
+    called anyway): the restarted loop serves until its own shutdown, not a left-over one."""
+    server = http_server.make_server("127.0.0.1", 0, small, ok, ok)
+    try:
+        for _ in range(2):
+            thread = http_server.serve_in_thread(server)
+            with connect(server) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                assert b" 200 " in sock.recv(100)
+            server.shutdown()
+            thread.join(5)
+            assert not thread.is_alive()
+            server.shutdown()  # the loop has ended: returns at once, leaves nothing behind
+    finally:
+        server.server_close()

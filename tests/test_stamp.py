@@ -512,3 +512,38 @@ def test_a_busy_reflector_with_a_small_buffer_polls_often_enough_to_drop_nothing
     finally:
         running.close()
     assert running.reflector.counts["reflected"] == 600
+
+
+def test_a_bug_while_polling_does_not_stop_the_reflector() -> None:
+    """An unexpected error while reading (a bug, odd ancillary data) is the event loop's
+    to log; the reflector still reads afterwards, polling or listening."""
+    sock = open_reflector_socket(4, 0)
+    port = sock.getsockname()[1]
+    running = Running(Reflector({4: sock}, "me", pause=0.05))
+    reflect = running.reflector.reflect
+    calls = [0]
+
+    def flaky(
+        sock: socket.socket,
+        data: bytes,
+        ancdata: list[tuple[int, int, bytes]],
+        address: tuple[str, int],
+    ) -> None:
+        calls[0] += 1
+        if calls[0] == 10:
+            raise RuntimeError("a bug")
+        reflect(sock, data, ancdata, address)
+
+    running.reflector.reflect = flaky  # type: ignore[method-assign]
+    running.loop.set_exception_handler(lambda loop, context: None)  # the loop would log it
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for sequence in range(40):
+                sender.sendto(pack_sender(sequence, 1, 9), ("127.0.0.1", port))
+                running.pump(0.005)
+            running.pump(0.3)
+            sender.sendto(pack_sender(99, 1, 9), ("127.0.0.1", port))
+            running.pump(0.3)
+    finally:
+        running.close()
+    assert calls[0] >= 40 and running.reflector.counts["reflected"] >= 39
