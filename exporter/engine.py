@@ -36,7 +36,7 @@ import math
 import os
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -278,6 +278,7 @@ class Prober:
         self._cycle_start = self.clock.monotonic() - phase * interval
         self._schedule: list[ScheduleEntry] = []
         self._next = 0
+        self._sent_upto = -1.0  # the point (fraction of the cycle) last passed in this cycle
         self._cycles = 0  # cycles begun: a peer's size probe goes every size_every-th
         self._size_every = 1
         self._schedule_dirty = True
@@ -369,12 +370,13 @@ class Prober:
             self._resize_slots(min(SEQUENCE_SLOTS, 1 << math.ceil(math.log2(4 * in_flight))))
         large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
-        # The grid, as a fraction of the cycle: MIN_TICK_SECONDS would batch nothing
-        # between peers 100 ms apart; rounding down keeps the order of the offsets.
-        grid = (
-            min(MAX_ROUND_SECONDS, self.cycle_seconds * SENDS_PER_ROUND / max(len(peers), 1))
-            / self.cycle_seconds
-        )
+        # Rounds per cycle: MIN_TICK_SECONDS alone would batch nothing between peers
+        # 100 ms apart. A power of two, so the grid changes only when the peers double or
+        # halve (each change moves some peers' points: one probe more or less then), and
+        # rounding down keeps the order of the offsets.
+        rounds = max(self.cycle_seconds / MAX_ROUND_SECONDS, len(peers) / SENDS_PER_ROUND, 1)
+        rounds = 1 << math.ceil(math.log2(rounds))
+        on_grid = self.cycle_seconds / rounds > MIN_TICK_SECONDS
         for peer in peers:
             key = peer.key
             sock = self.sockets.get(key.family)
@@ -390,11 +392,7 @@ class Prober:
                         large_builders[payload] = sock.request_builder(token, payload[1])
                     with_size = (*echo, ((large_builders[payload], sock.sendto), True))
             phase = int(peer.offset * self._size_every)
-            point = (
-                (peer.offset // grid) * grid
-                if grid * self.cycle_seconds > MIN_TICK_SECONDS
-                else peer.offset
-            )
+            point = math.floor(peer.offset * rounds) / rounds if on_grid else peer.offset
             schedule.append((point, peer, sockaddr, echo, with_size, phase))
             self._families.add(key.family)
         self._schedule = schedule
@@ -403,8 +401,13 @@ class Prober:
             # place in the cycle we are in, or the next round would be skipped.
             self._cycle_start -= self.cycle_seconds
             self._cycles -= 1
+            self._sent_upto = 2.0  # that cycle's points all sent
+        # Go on after the last point sent in this cycle, and send now what fell due
+        # within the last MIN_TICK_SECONDS (this round's own points, when the rebuild
+        # comes on a round's tick); what fell due earlier waits for the next cycle.
         position = ((now - self._cycle_start) / self.cycle_seconds) % 1.0
-        self._next = bisect_left([entry[0] for entry in schedule], position)
+        after = max(self._sent_upto, position - MIN_TICK_SECONDS / self.cycle_seconds)
+        self._next = bisect_right([entry[0] for entry in schedule], after)
         self._schedule_dirty = False
 
     def _resize_slots(self, size: int) -> None:
@@ -472,13 +475,13 @@ class Prober:
             self.stats.skipped_probes += count - self._next + (behind - 1) * count
             self._cycle_start += behind * interval
             self._cycles += behind
-            self._next = 0
+            self._next, self._sent_upto = 0, -1.0
         schedule = self._schedule
         if not schedule:
             return now + MAX_IDLE_SECONDS
         count = len(schedule)
         index, cycle_start, counter = self._next, self._cycle_start, self._counter
-        cycles, size_every = self._cycles, self._size_every
+        cycles, size_every, sent_upto = self._cycles, self._size_every, self._sent_upto
         deadline = now + self.timeout
         slot_state, slot_peer = self._slot_state, self._slot_peer
         slot_counter, slot_sent_ns = self._slot_counter, self._slot_sent_ns
@@ -495,12 +498,12 @@ class Prober:
                 if index >= count:
                     cycle_start += interval
                     cycles += 1
-                    index = 0
+                    index, sent_upto = 0, -1.0
                 offset, peer, sockaddr, echo, with_size, size_phase = schedule[index]
                 due = cycle_start + offset * interval
                 if due > now:
                     return due
-                index += 1
+                index, sent_upto = index + 1, offset
                 if now - due > MAX_LATENESS_SECONDS:
                     self.stats.skipped_probes += 1  # missed while the loop was stalled
                     continue
@@ -538,7 +541,7 @@ class Prober:
                     in_flight.append(slot)
         finally:
             self._next, self._cycle_start, self._counter = index, cycle_start, counter
-            self._cycles = cycles
+            self._cycles, self._sent_upto = cycles, sent_upto
 
     def _send_failed(self, peer: Peer, sent_ns: int, large: bool, exc: OSError) -> None:
         """The kernel refused a probe: lost, or for a size probe bigger than the path

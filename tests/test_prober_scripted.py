@@ -319,3 +319,16 @@ def test_slots_grow_with_the_peers_without_losing_probes_in_flight() -> None:
     stats = [p.stats for p in table.snapshot()]
     assert sum(s.sent for s in stats) > 3000
     assert sum(s.received for s in stats) == sum(s.sent for s in stats)
+
+
+def test_a_rebuild_on_a_late_round_neither_skips_nor_repeats_it() -> None:
+    """The schedule is rebuilt in a round (a size refresh, a peer change) that woke 1 ms
+    late, every round here: each peer is still probed exactly once per interval."""
+    prober, clock, sock, _ = setup(PEERS[:10], interval=1.0, timeout=1.0)
+    end = clock.now + 20.0
+    while clock.now < end:
+        prober._schedule_dirty = True
+        clock.now = prober.tick(clock.now) + 0.001
+    per_peer = Counter(address for _, address, _ in sock.sent)
+    assert set(per_peer.values()) <= {20, 21}, per_peer
+    assert prober.stats.skipped_probes == 0
