@@ -121,6 +121,10 @@ class SystemClock:
             _set_done(self._sleeping)
 
 
+def _power_of_two(at_least: float) -> int:
+    return 1 << math.ceil(math.log2(at_least))
+
+
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -367,15 +371,16 @@ class Prober:
         per_peer = 1 + (1 / self._size_every if sizes is not None else 0)  # echo, size probe
         in_flight = len(peers) / self.cycle_seconds * self.timeout * per_peer
         if 4 * in_flight > len(self._slot_state):
-            self._resize_slots(min(SEQUENCE_SLOTS, 1 << math.ceil(math.log2(4 * in_flight))))
+            self._resize_slots(min(SEQUENCE_SLOTS, _power_of_two(4 * in_flight)))
         large_builders: dict[tuple[int, int], RequestBuilder] = {}
         schedule: list[ScheduleEntry] = []
         # Rounds per cycle: MIN_TICK_SECONDS alone would batch nothing between peers
         # 100 ms apart. A power of two, so the grid changes only when the peers double or
         # halve (each change moves some peers' points: one probe more or less then), and
         # rounding down keeps the order of the offsets.
-        rounds = max(self.cycle_seconds / MAX_ROUND_SECONDS, len(peers) / SENDS_PER_ROUND, 1)
-        rounds = 1 << math.ceil(math.log2(rounds))
+        rounds = _power_of_two(
+            max(self.cycle_seconds / MAX_ROUND_SECONDS, len(peers) / SENDS_PER_ROUND, 1)
+        )
         on_grid = self.cycle_seconds / rounds > MIN_TICK_SECONDS
         for peer in peers:
             key = peer.key

@@ -350,13 +350,10 @@ class _PluginStream:
         self._response = response
 
     def lines(self) -> Iterator[bytes]:
-        buffer = b""
-        for chunk in self._response.stream(amt=65536, decode_content=True):
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            yield from (line + b"\n" for line in complete)
-        if buffer:
-            yield buffer
+        from kubernetes.watch.watch import iter_resp_lines  # the package's own splitter
+
+        for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
+            yield line.encode()
 
     def close(self) -> None:
         sock = getattr(getattr(self._response, "connection", None), "sock", None)
