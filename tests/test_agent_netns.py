@@ -530,3 +530,31 @@ def test_a_stamp_port_in_use_stops_the_agent_with_one_line(
         "UDP port 18762: Address already in use"
     ], second.output()
     assert "Traceback" not in second.output()
+
+
+def test_peers_that_never_answer_arp_fill_the_send_buffer(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    """What a node cut off from its link sees (the lab's "node down" on the isolated
+    node itself): every peer's neighbour entry waits for ARP, and the kernel holds
+    the echo requests in those queues, charged to the agent's socket, for the ~3 s
+    of a resolution. At 400 requests/s the send buffer (212 KB by default) fills,
+    and sendto fails with EAGAIN: a symptom of the path, counted with its reason and
+    as lost probes, which NodePingSendErrors leaves to the loss verdicts (as it does
+    EHOSTUNREACH). The addresses are on the agent's own /24, owned by nobody."""
+    silent = {f"silent-{i}": f"198.18.0.{10 + i}" for i in range(8)}
+    peers = tmp_path / "nodes.json"
+    write_peers(peers, silent)
+    agent = agent_factory(
+        "--discovery", "file", "--peers-file", str(peers), "--interval", "0.02",
+        "--timeout", "0.5",
+    )  # fmt: skip
+    agent.wait_ready()
+    wait_for(
+        lambda: value(agent.metrics(), "kube_node_ping_send_errors_total", reason="EAGAIN"),
+        15,
+        "EAGAIN counted",
+    )
+    samples = agent.metrics()
+    assert sum(select(samples, SENT).values()) > 0
+    assert sum(select(samples, RECEIVED).values()) == 0  # each refusal is a lost probe

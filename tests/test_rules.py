@@ -1064,6 +1064,10 @@ def test_agent_health_alerts(tmp_path: Path) -> None:
             "series": f'kube_node_ping_send_errors_total{{{base},reason="EHOSTUNREACH"}}',
             "values": f"0+5x{steps}",
         },
+        {  # the send buffer held by requests waiting for such neighbours: the same
+            "series": f'kube_node_ping_send_errors_total{{{base},reason="EAGAIN"}}',
+            "values": f"0+5x{steps}",
+        },
         {
             "series": f'kube_node_ping_discovery_up{{{base},source="kubernetes"}}',
             "values": f"1x5 0x{steps - 5}",
