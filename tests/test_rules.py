@@ -691,6 +691,27 @@ def test_large_packets_lost_on_one_path_is_a_link_path_mtu_alert(tmp_path: Path)
     run_promtool(tmp_path, [case(cluster, checks)])
 
 
+def test_size_probes_losing_more_by_chance_into_a_lossy_node_are_no_path_mtu(
+    tmp_path: Path,
+) -> None:
+    """b loses 30 % of everything both ways, large packets alike; on the path a → b the
+    18 size probes of a window lose 62 % (11 of 18: 2.9 standard deviations above
+    30 %, what one source in a few hundred sees at every evaluation — with 1000
+    sources, always one). Over the large-packet threshold, but chance explains it:
+    the node's loss only, no path-MTU verdict. (The sizing simulation at 50 nodes
+    made such verdicts before the rule weighed the number of probes.)"""
+    into_b = {(s, "b"): 0.3 for s in SIX if s != "b"}
+    cluster = Cluster(
+        SIX, loss=node_fault("b", SIX, 0.3), size=True, large_way_loss={**into_b, ("a", "b"): 0.62}
+    )
+    checks = [
+        firing([("NodePingNodeLoss", {"node": "b"})], at(FAULT + 5)),
+        expect("node_ping:verdict:link_size_loss", at(FAULT + 5)),
+        expect("node_ping:verdict:node_size_loss", at(FAULT + 5)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
 def test_size_probes_refused_by_the_kernel_are_no_loss(tmp_path: Path) -> None:
     """c's kernel refuses every size probe (it knows a smaller path MTU): recorded for
     diagnose, no alert, no loss verdict."""
