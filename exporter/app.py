@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from .auth import KubernetesAuthorizer
-from .config import ConfigError, DiscoveryMode, MetricsAuth, split_listen_address
+from .config import ConfigError, DiscoveryMode, MetricsAuth, PairMetrics, split_listen_address
 from .discovery import DiscoveryState, NodeSink
 from .discovery.external import ExternalTargets
 from .discovery.file import PeersFileDiscovery
@@ -180,7 +180,9 @@ class Agent:
         registry = CollectorRegistry()
         registry.register(self.collector)
         registry.register(ProcessCollector(registry=None))
-        exposition = Exposition(self.table, s.node_name, registry)
+        exposition = Exposition(
+            self.table, s.node_name, registry, s.pair_metrics is PairMetrics.FULL
+        )
         host, port = split_listen_address(s.listen_address)
         authorizer = None
         if s.metrics_auth is MetricsAuth.KUBERNETES:
@@ -208,7 +210,9 @@ class Agent:
         s = self.settings
         registry = CollectorRegistry()  # our metrics only: node-exporter has its own
         registry.register(self.collector)
-        exposition = Exposition(self.table, s.node_name, registry)
+        exposition = Exposition(
+            self.table, s.node_name, registry, s.pair_metrics is PairMetrics.FULL
+        )
         try:
             writer = TextfileWriter(
                 s.textfile_path, exposition.render, s.textfile_interval, s.node_name

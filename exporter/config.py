@@ -48,6 +48,11 @@ class DiscoveryMode(StrEnum):
     STATIC = "static"
 
 
+class PairMetrics(StrEnum):
+    REDUCED = "reduced"
+    FULL = "full"
+
+
 class Output(StrEnum):
     HTTP = "http"
     TEXTFILE = "textfile"
@@ -315,6 +320,11 @@ class Settings(BaseModel):
     )
     per_peer_histogram: bool = Field(
         default=False, description="also export an RTT histogram per peer (N² series)"
+    )
+    pair_metrics: PairMetrics = Field(
+        default=PairMetrics.REDUCED,
+        description="reduced: the per-pair families the rules and dashboards read; full: "
+        "also each pair's rtt_min/max/mdev gauges and STAMP RTT sum (4 more series per pair)",
     )
     output: Output = Field(default=Output.HTTP, description="http, textfile or both")
     listen_address: str = Field(

@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from .metric_table import (
     EXTERNAL_LABELS,
     EXTERNAL_PEER_FAMILIES,
+    FULL_ONLY_PAIR_FAMILIES,
     NODE_LABELS,
     NODE_LARGE_FAMILIES,
     NODE_PEER_FAMILIES,
@@ -45,9 +46,11 @@ def _header(family: Family, openmetrics: bool) -> str:
 
 
 class PeerRenderer:
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, full_pair_metrics: bool) -> None:
         self.node_name = node_name
         self._labels: dict[PeerKey, str] = {}
+        # Families left out: with N peers each one is N series on every node.
+        self._left_out = frozenset() if full_pair_metrics else FULL_ONLY_PAIR_FAMILIES
 
     def _label_text(self, key: PeerKey) -> str:
         if key.kind is PeerKind.NODE:
@@ -66,11 +69,11 @@ class PeerRenderer:
         out: list[str] = []
         for kind, families in PEER_FAMILIES:
             rows = [(fresh[p.key], _echo_values(p)) for p in peers if p.key.kind is kind]
-            out.extend(_block(families, rows, openmetrics))
+            out.extend(_block(families, rows, openmetrics, self._left_out))
         stamp_rows = [(fresh[p.key], p.stamp.counters()) for p in peers if p.stamp is not None]
-        out.extend(_block(NODE_STAMP_FAMILIES, stamp_rows, openmetrics))
+        out.extend(_block(NODE_STAMP_FAMILIES, stamp_rows, openmetrics, self._left_out))
         large_rows = [(fresh[p.key], _large_values(p)) for p in peers if p.large is not None]
-        out.extend(_block(NODE_LARGE_FAMILIES, large_rows, openmetrics))
+        out.extend(_block(NODE_LARGE_FAMILIES, large_rows, openmetrics, self._left_out))
         self._labels = fresh
         return "".join(out)
 
@@ -94,10 +97,14 @@ def _large_values(peer: Peer) -> tuple[float | None, ...]:
     return (sent, received, refused, size or None)
 
 
-def _block(families: tuple[Family, ...], rows: Sequence[Row], openmetrics: bool) -> list[str]:
-    """Each family's header, then its sample from every row."""
+def _block(
+    families: tuple[Family, ...], rows: Sequence[Row], openmetrics: bool, left_out: frozenset[str]
+) -> list[str]:
+    """Each family's header, then its sample from every row (but the families left out)."""
     out: list[str] = []
     for index, family in enumerate(families):
+        if family.name in left_out:
+            continue
         out.append(_header(family, openmetrics))
         name = family.name
         out.extend(
@@ -111,9 +118,15 @@ def _block(families: tuple[Family, ...], rows: Sequence[Row], openmetrics: bool)
 class Exposition:
     """Renders the whole exposition for /metrics and the textfile."""
 
-    def __init__(self, table: PeerTable, node_name: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        table: PeerTable,
+        node_name: str,
+        registry: CollectorRegistry,
+        full_pair_metrics: bool,
+    ) -> None:
         self.table = table
-        self.peers = PeerRenderer(node_name)
+        self.peers = PeerRenderer(node_name, full_pair_metrics)
         self.registry = registry
 
     def render(self, accept: str = "") -> tuple[bytes, str]:

@@ -81,6 +81,17 @@ NODE_PEER_FAMILIES = (
     Family("kube_node_ping_outages_total", "counter", _OUTAGES, NODE_LABELS),
     Family("kube_node_ping_outage_seconds_total", "counter", _OUTAGE_SECONDS, NODE_LABELS),
 )
+# Per-pair families that neither the rules nor the dashboards read, N·(N-1) series
+# each: exported only with ``--pair-metrics full`` (docs/sizing.md). The window's
+# min/max/mdev of each pair stay on /metrics for the few external targets.
+FULL_ONLY_PAIR_FAMILIES = frozenset(
+    {
+        "kube_node_ping_rtt_min",
+        "kube_node_ping_rtt_max",
+        "kube_node_ping_rtt_mdev",
+        "kube_node_ping_stamp_rtt_milliseconds_total",
+    }
+)
 EXTERNAL_PEER_FAMILIES = (
     Family("external_ping_packets_sent_total", "counter", _SENT, EXTERNAL_LABELS),
     Family("external_ping_packets_received_total", "counter", _RECEIVED, EXTERNAL_LABELS),

@@ -76,6 +76,8 @@ def test_loss_per_peer_and_gauges_absent_on_total_loss(
         "0.3",
         "--window",
         "20",
+        "--pair-metrics",
+        "full",
     )
     agent.wait_ready()
     wait_for(
@@ -459,7 +461,10 @@ def test_json_logs_and_per_peer_histogram(agent_factory: Callable[..., AgentProc
     )
     agent.wait_ready()
     wait_for(
-        lambda: len(select(agent.metrics(), "kube_node_ping_rtt_min")) == 2,
+        lambda: (
+            all(select(agent.metrics(), RECEIVED).values())
+            and len(select(agent.metrics(), RECEIVED)) == 2
+        ),
         5,
         "replies from both peers",
     )

@@ -25,6 +25,7 @@ from exporter.discovery.external import ExternalTargets
 from exporter.discovery.static import StaticDiscovery
 from exporter.engine import Prober, SizeProbes
 from exporter.exposition import Exposition
+from exporter.metric_table import FULL_ONLY_PAIR_FAMILIES
 from exporter.metrics import AgentCollector
 from exporter.peers import NodeAddress, PeerTable
 from exporter.reflector import Reflector
@@ -78,7 +79,9 @@ def forward(address: str, at: float) -> bool:
     return not (address == f"{V4}.3" and round(at * 10) % 4 == 0)
 
 
-def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition:
+def scripted_exposition(
+    per_peer_histogram: bool, directory: Path, full_pair_metrics: bool = True
+) -> Exposition:
     clock = ScriptedClock()
     # Path MTU: n2's IPv4 path drops packets over 1400 bytes, the kernel will not send
     # more than 1280 to n5; the size probes are 1500 bytes, every 0.5 s.
@@ -142,7 +145,7 @@ def scripted_exposition(per_peer_histogram: bool, directory: Path) -> Exposition
     registry.register(
         AgentCollector("node-0", "unprivileged", table, supervisor, python_version="3.x")
     )
-    return Exposition(table, "node-0", registry)
+    return Exposition(table, "node-0", registry, full_pair_metrics)
 
 
 @pytest.mark.parametrize(
@@ -161,3 +164,22 @@ def test_exposition_matches_the_golden_file(
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_bytes(body)
     assert body.decode() == path.read_text()
+
+
+def test_reduced_pair_metrics_leave_out_exactly_the_full_only_families(tmp_path: Path) -> None:
+    """The default (--pair-metrics reduced) is the golden file without the four
+    families no rule or dashboard reads — every other byte the same — and the
+    external targets keep their min/max/mdev."""
+    full, _ = scripted_exposition(False, tmp_path).render("")
+    reduced, _ = scripted_exposition(False, tmp_path, False).render("")
+    left_out = {"kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev",
+                "kube_node_ping_stamp_rtt_milliseconds_total"}  # fmt: skip
+    assert left_out == FULL_ONLY_PAIR_FAMILIES
+
+    def family(line: str) -> str:
+        return line.split()[2] if line.startswith("#") else line.split("{")[0]
+
+    expected = [line for line in full.decode().splitlines() if family(line) not in left_out]
+    assert reduced.decode().splitlines() == expected
+    assert "external_ping_rtt_min{" in reduced.decode()
+    assert len(full.decode().splitlines()) - len(expected) > 4 * 3  # really left some out

@@ -147,6 +147,7 @@ timeout: {{ .Values.probe.timeout }}
 window: {{ .Values.probe.window }}
 payload_size: {{ .Values.probe.payloadSize }}
 per_peer_histogram: {{ .Values.probe.perPeerHistogram }}
+pair_metrics: {{ .Values.probe.pairMetrics }}
 {{- if and .Values.probe.sizeProbeInterval (gt (int .Values.probe.payloadSize) 1232) }}
 {{- fail (printf "probe.payloadSize %v would need fragmenting, and with path-MTU probes on (probe.sizeProbeInterval) echo requests are never fragmented: at most 1232 (IPv6's minimum MTU), or probe.sizeProbeInterval 0" .Values.probe.payloadSize) }}
 {{- end }}
