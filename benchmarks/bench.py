@@ -239,6 +239,8 @@ def run_agent(
             f"127.0.0.1:{PORT}",
             "--log-level",
             "warning",
+            "--max-pairs",
+            "0",  # every peer: the cost of probing N, not of a sampled cluster
             *VARIANTS[variant],
         ],
         cwd=ROOT,

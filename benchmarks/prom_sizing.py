@@ -63,11 +63,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import rules
+from exporter.config import Settings
 from exporter.diagnose import Prometheus, diagnose
 from exporter.exposition import PeerRenderer
 from exporter.metric_table import NODE_LARGE_FAMILIES, NODE_PEER_FAMILIES, NODE_STAMP_FAMILIES
 from exporter.peers import Peer, PeerKey, PeerKind
-from exporter.sampling import choose_peers
+from exporter.sampling import choose_peers, peers_per_node
 from lab.faults import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,7 @@ GOLDEN = ROOT / "tests" / "golden" / "metrics.prom"
 DASHBOARD = ROOT / "dashboards" / "node-connectivity.json"
 MATRIX_PANEL = "Packet loss matrix (%, over the dashboard range)"
 
+DEFAULT_MAX_PAIRS = int(Settings.model_fields["max_pairs"].default)
 SCALE = 6  # shipped durations / this run's
 SCRAPE_SECONDS = 30 / SCALE
 PROBE_INTERVAL = 1.0 / SCALE  # the chart's 1 s
@@ -115,6 +117,9 @@ def hits(fault: Fault, source: str, destination: str) -> bool:
         return (source, destination) == (node, peer) or (
             fault.both_ways and (source, destination) == (peer, node)
         )
+    if fault.kind == "partition":  # groups of node names
+        a, b = fault.group_a, fault.group_b
+        return (source in a and destination in b) or (source in b and destination in a)
     raise ValueError(f"the simulation has no model of {fault.kind!r} faults")
 
 
@@ -361,6 +366,12 @@ class RunningPrometheus:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def slowest_rules(self, count: int) -> list[tuple[float, str]]:
+        """The rules that took longest at their last evaluation: (seconds, name)."""
+        groups = json.loads(self.get("/api/v1/rules"))["data"]["groups"]
+        timed = [(r["evaluationTime"], r["name"]) for g in groups for r in g["rules"]]
+        return sorted(timed, reverse=True)[:count]
+
     def rss_mb(self) -> float:
         status = Path(f"/proc/{self.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status)[1]) / 1024  # type: ignore[index]
@@ -447,6 +458,7 @@ class Result:
     matrix_seconds: float
     diagnose_seconds: float
     render_share: float  # the simulator's own CPU, seconds per second
+    slowest: list[tuple[float, str]]  # rules, at the last evaluation
     planted: Verdicts
     found: Verdicts
 
@@ -454,15 +466,24 @@ class Result:
 Verdicts = set[tuple[str, str]]
 
 
-def plant(nodes: list[SimulatedNode], rng: random.Random) -> tuple[list[Fault], Verdicts]:
-    """A node down, a node losing 30 % of what arrives, a link cut one way among the
-    probed pairs: the faults and the verdicts diagnose should name."""
+def plant(
+    nodes: list[SimulatedNode], faults: str, rng: random.Random
+) -> tuple[list[Fault], Verdicts]:
+    """The faults and the verdicts diagnose should name.
+
+    ``nodes``: a node down, a node losing 30 % of what arrives, a link cut one way
+    among the probed pairs. ``zone-split``: zone-a cut off from the other zones."""
+    if faults == "zone-split":
+        side_a = tuple(sorted(n.name for n in nodes if n.zone == ZONES[0]))
+        side_b = tuple(sorted(n.name for n in nodes if n.zone != ZONES[0]))
+        subject = " | ".join(", ".join(side) for side in sorted((side_a, side_b), key=len))
+        return [Fault("partition", group_a=side_a, group_b=side_b)], {("partition", subject)}
     names = [n.name for n in nodes]
     down, lossy = rng.sample(names, 2)
     spare = [n for n in nodes if n.name not in (down, lossy)]
     source = rng.choice(spare)
     target = rng.choice([p.key.name for p in source.peers if p.key.name not in (down, lossy)])
-    faults = [
+    planted = [
         Fault("isolate", down),
         Fault("node-in", lossy, percent=30),
         Fault("link", source.name, percent=100, peer=target, both_ways=False),
@@ -472,17 +493,17 @@ def plant(nodes: list[SimulatedNode], rng: random.Random) -> tuple[list[Fault], 
     probes_back = any(p.key.name == source.name for n in nodes if n.name == target for p in n.peers)
     if probes_back:  # the replies of the target's probes die on the same link
         expected.add(("link_loss", f"{target} → {source.name}"))
-    return faults, expected
+    return planted, expected
 
 
-def run(spec: RunSpec, warmup: float, judge: float) -> Result:
+def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
     count, max_peers, full = spec
     setting = (f"max-peers {max_peers}" if max_peers else "full mesh") + (
         ", full pair metrics" if full else ""
     )
     nodes = build_nodes(count, max_peers, full)
     simulation = Simulation(nodes)
-    faults, expected = plant(nodes, random.Random(count * 7 + max_peers))
+    faults, expected = plant(nodes, faults_kind, random.Random(count * 7 + max_peers))
     try:
         with (
             tempfile.TemporaryDirectory(prefix="npe-prom-sizing-") as tmp,
@@ -514,14 +535,15 @@ def run(spec: RunSpec, warmup: float, judge: float) -> Result:
             diagnose_seconds = time.perf_counter() - started
             found = {(v.kind, v.subject) for v in diagnosis.verdicts if v.kind != "node_outage"}
             rss = prom.rss_mb()
+            slowest = prom.slowest_rules(5)
     finally:
         simulation.close()
     pairs = sum(len(n.peers) for n in nodes)
     every_node = per_node * count
     return Result(count, setting, pairs, per_node, every_node, head - every_node,
                   every_node / 30, appended / span, rss, statistics.mean(rule_seconds),
-                  statistics.median(matrix), diagnose_seconds, render_share, expected,
-                  found)  # fmt: skip
+                  statistics.median(matrix), diagnose_seconds, render_share, slowest,
+                  expected, found)  # fmt: skip
 
 
 def print_table(results: list[Result], version: str) -> None:
@@ -538,6 +560,9 @@ def print_table(results: list[Result], version: str) -> None:
               f"| {r.scraped:.0f} | {r.recorded:.0f} | {r.samples_30s:.0f} | {r.ingested:.0f} "
               f"| {r.rss_mb:.0f} | {r.rule_seconds:.3f} | {r.matrix_seconds:.3f} "
               f"| {r.diagnose_seconds:.2f} | {verdict} |")  # fmt: skip
+    for r in results:
+        rules = ", ".join(f"{name} {seconds:.3f}" for seconds, name in r.slowest)
+        print(f"\n{r.nodes} {r.setting}: slowest rules (s): {rules}")
     print("\n(simulator CPU rendering the bodies, s/s: " + ", ".join(
         f"{r.nodes} {r.setting}: {r.render_share:.2f}" for r in results) + ")")  # fmt: skip
 
@@ -552,11 +577,15 @@ def parse_runs(text: str) -> list[RunSpec]:
         peers, _, families = rest.partition(":")
         if (
             not size.isdigit()
-            or not (peers == "all" or peers.isdigit())
+            or not (peers in ("all", "auto") or peers.isdigit())
             or families not in ("", "full")
         ):
-            raise SystemExit(f"--runs: {part!r} is not NODES:all or NODES:MAX_PEERS[:full]")
-        runs.append((int(size), 0 if peers == "all" else int(peers), families == "full"))
+            raise SystemExit(f"--runs: {part!r} is not NODES:all|auto|MAX_PEERS[:full]")
+        if peers == "auto":  # what the agents choose with the default --max-pairs
+            k = peers_per_node(int(size), 0, DEFAULT_MAX_PAIRS)
+        else:
+            k = 0 if peers == "all" else int(peers)
+        runs.append((int(size), k, families == "full"))
     return runs
 
 
@@ -564,17 +593,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--runs",
-        default="50:all:full,50:all,50:10,300:all,300:20,1000:20,1000:10",
-        help="NODES:all (full mesh) or NODES:MAX_PEERS, :full for --pair-metrics full",
+        default="50:all:full,50:all,50:10,300:auto,1000:auto,1000:20",
+        help="NODES:all (full mesh), NODES:auto (the default --max-pairs) or "
+        "NODES:MAX_PEERS; :full for --pair-metrics full",
     )
     parser.add_argument("--warmup", type=float, default=130,
                         help="seconds before the faults (establishedAfter is 100 s)")  # fmt: skip
     parser.add_argument("--judge", type=float, default=60, help="seconds of faults")
+    parser.add_argument("--faults", choices=("nodes", "zone-split"), default="nodes")
     args = parser.parse_args(argv)
     version = subprocess.run(["prometheus", "--version"], capture_output=True, text=True)
     results = []
     for spec in parse_runs(args.runs):
-        result = run(spec, args.warmup, args.judge)
+        result = run(spec, args.faults, args.warmup, args.judge)
         results.append(result)
         print_table([result], version.stdout.split("\n")[0])  # as it goes: runs are long
         sys.stdout.flush()

@@ -90,7 +90,9 @@ class Agent:
             stamp=bool(settings.stamp_port),
             large=bool(settings.size_probe_interval),
         )
-        self.sink = NodeSink(self.table, me, settings.ping_self, settings.max_peers)
+        self.sink = NodeSink(
+            self.table, me, settings.ping_self, settings.max_peers, settings.max_pairs
+        )
         self.discovery_state = DiscoveryState(plan.discovery.value, me)
         self.reflector: Reflector | None = None
         stamp: StampSender | None = None

@@ -267,6 +267,13 @@ class Settings(BaseModel):
     max_peers: int = Field(
         default=0, ge=0, description="probe at most K nodes (stable hash ring); 0 = all"
     )
+    max_pairs: int = Field(
+        default=10000,
+        ge=0,
+        description="without --max-peers: probe all nodes while the cluster's pairs "
+        "N·(N-1) stay within this, else this/N of them (at least 10): bounds what "
+        "Prometheus pays (docs/sizing.md); 0 = always all",
+    )
     external_targets: list[ExternalTarget] = Field(
         default_factory=list,
         json_schema_extra={"flag": "--external-target", "metavar": "[NAME=]HOST"},

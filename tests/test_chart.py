@@ -1201,6 +1201,7 @@ NUMBERS = {
     "probe.sizeProbeBytes": "size_probe_bytes",
     "stamp.port": "stamp_port",
     "discovery.maxPeers": "max_peers",
+    "discovery.maxPairs": "max_pairs",
     "externalTargetsResolveInterval": "resolve_interval",
     "textfile.interval": "textfile_interval",
 }

@@ -32,6 +32,21 @@ def test_max_peers_samples_and_counts_what_was_discovered() -> None:
     assert sink.discovered_nodes == 9
 
 
+def test_max_pairs_keeps_a_full_mesh_until_the_cluster_outgrows_it() -> None:
+    """--max-pairs 110: 11 nodes (110 pairs) probe each other all; 12 (132) probe
+    max(10, 110 // 12) = 10 each; an explicit --max-peers wins."""
+    table = PeerTable(window=5, per_peer_histogram=False)
+    sink = NodeSink(table, "n0", ping_self=False, max_peers=0, max_pairs=110)
+    sink.update(nodes(11))
+    assert len(names(table)) == 10
+    sink.update(nodes(12))
+    assert len(names(table)) == 10 and sink.discovered_nodes == 11
+    sink.update(nodes(40))
+    assert len(names(table)) == 10  # never under MIN_SAMPLED_PEERS
+    NodeSink(table, "n0", ping_self=False, max_peers=3, max_pairs=110).update(nodes(40))
+    assert len(names(table)) == 3
+
+
 def test_unchanged_peers_keep_their_statistics_and_change_is_signalled() -> None:
     changes: list[int] = []
     table = PeerTable(window=5, per_peer_histogram=False, on_change=lambda: changes.append(1))

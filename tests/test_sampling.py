@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from exporter.sampling import choose_peers
+from exporter.sampling import MIN_SAMPLED_PEERS, choose_peers, peers_per_node
 
 NODES = [f"node-{i:03d}" for i in range(200)]
 
@@ -49,3 +49,19 @@ def test_a_node_joining_or_leaving_changes_few_choices() -> None:
 
 def test_self_outside_the_list_still_gets_k() -> None:
     assert len(choose_peers("not-listed", NODES, 10)) == 10
+
+
+def test_the_pair_budget_bounds_the_cluster_and_keeps_small_ones_whole() -> None:
+    """--max-pairs B: a full mesh while N·(N−1) ≤ B; then B/N per node, never under
+    MIN_SAMPLED_PEERS, so the cluster's pairs stay within max(B, N·10)."""
+    budget = 10000
+    assert peers_per_node(100, 0, budget) == 0  # 9900 pairs: all
+    assert peers_per_node(101, 0, budget) == 99  # 10100 > B: 10000 // 101
+    assert peers_per_node(300, 0, budget) == 33
+    assert peers_per_node(1000, 0, budget) == MIN_SAMPLED_PEERS == 10
+    assert peers_per_node(5000, 0, budget) == 10
+    for nodes in (2, 50, 101, 150, 300, 999, 1000, 5000):
+        k = peers_per_node(nodes, 0, budget) or nodes - 1
+        assert nodes * k <= max(budget, nodes * MIN_SAMPLED_PEERS)
+    assert peers_per_node(5000, 0, 0) == 0  # no budget: all
+    assert peers_per_node(50, 7, budget) == 7  # --max-peers wins

@@ -141,6 +141,7 @@ peers_file: /etc/node-ping-exporter/nodes.json
 node_selector: {{ .Values.discovery.nodeSelector | quote }}
 address_types: {{ toJson .Values.discovery.addressTypes }}
 max_peers: {{ .Values.discovery.maxPeers }}
+max_pairs: {{ .Values.discovery.maxPairs }}
 ping_self: {{ .Values.discovery.pingSelf }}
 interval: {{ .Values.probe.interval }}
 timeout: {{ .Values.probe.timeout }}

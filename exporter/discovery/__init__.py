@@ -24,7 +24,7 @@ from ..metric_table import (
     NODE_INFO,
 )
 from ..peers import NodeAddress, PeerKey, PeerKind, PeerTable
-from ..sampling import choose_peers
+from ..sampling import choose_peers, peers_per_node
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,14 @@ class DiscoveryState:
 class NodeSink:
     """Turns a node snapshot into this node's peer set."""
 
-    def __init__(self, table: PeerTable, self_name: str, ping_self: bool, max_peers: int) -> None:
+    def __init__(
+        self, table: PeerTable, self_name: str, ping_self: bool, max_peers: int, max_pairs: int = 0
+    ) -> None:
         self.table = table
         self.self_name = self_name
         self.ping_self = ping_self
         self.max_peers = max_peers
+        self.max_pairs = max_pairs  # the cluster's, when max_peers is 0 (sampling.py)
         self.discovered_nodes = 0  # nodes known before sampling, self excluded
         self.zone = ""  # this node's zone, when discovery lists this node with one
         self.addresses: frozenset[str] = frozenset()  # every known node's, this one's too
@@ -86,7 +89,9 @@ class NodeSink:
                 zone = node.zone
         self.zone = zone
         self.addresses = frozenset(a for addresses in by_name.values() for a in addresses)
-        chosen = choose_peers(self.self_name, by_name, self.max_peers)
+        cluster = len(by_name.keys() | {self.self_name})
+        k = peers_per_node(cluster, self.max_peers, self.max_pairs)
+        chosen = choose_peers(self.self_name, by_name, k)
         if self.ping_self and self.self_name in by_name:
             chosen.add(self.self_name)
         self.discovered_nodes = len(set(by_name) - {self.self_name})
