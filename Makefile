@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
 .PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down cluster \
-	cluster-down demo bench accuracy \
+	cluster-down demo bench bench-prometheus accuracy \
 	image publish chart-readme sync-chart clean
 
 # The agent, and the lab as a distribution of its own (lab/pyproject.toml): two
@@ -102,6 +102,11 @@ demo: deps
 
 bench: deps
 	$(PY) -m benchmarks.bench
+
+# What Prometheus pays at 50, 300 and 1000 nodes: a real Prometheus scraping simulated
+# nodes (loopback only; about half an hour): the table of docs/sizing.md.
+bench-prometheus: deps
+	$(PY) -m benchmarks.prom_sizing
 
 # Every lab fault with the shipped rules at a 30 s scrape, and a clean run with churn
 # (root; about an hour): the table of docs/accuracy.md.

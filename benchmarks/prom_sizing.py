@@ -22,12 +22,18 @@ ingest rate is six times the shipped one: samples/s is printed for a 30 s scrape
 (series / 30 s) beside what this run ingested.
 
 **The fault model** (lab.faults.Fault, the lab's vocabulary): after the pairs are
-established, one node goes down (its packets lost both ways, its agent unreachable),
-another loses 30 % of what arrives at it, and one link loses every packet one way.
-The run reads back which verdicts ``diagnose`` names, against the planted ones;
-with ``--max-peers`` the bad link is chosen among the probed pairs (a link nobody
-probes cannot be seen: docs/sizing.md says so) — and a background of 0.1 % random
-loss on every path keeps the matrix from being flattering.
+established, ``--faults nodes`` (default) takes one node down (its packets lost
+both ways, its agent unreachable), makes another lose 30 % of what arrives at it
+and cuts one link one way; ``--faults zone-split`` cuts zone-a off from the other
+two zones (Prometheus still reaches both sides, as in the lab). The run reads back
+which verdicts ``diagnose`` names, against the planted ones; with ``--max-peers``
+the bad link is chosen among the probed pairs (a link nobody probes cannot be
+seen: docs/sizing.md says so). A background of 0.1 % random loss on every path
+keeps the matrix from being flattering.
+
+**What the scaling does not keep**: Prometheus evaluates the rules six times as
+often, so its CPU is six times the shipped settings' — a rule group that takes
+longer than 5 s here skips evaluations (printed) where at 30 s it would not.
 
 Per run it prints: series per node and in total, samples/s, Prometheus RSS, the
 rule groups' evaluation time, the dashboard's loss-matrix query latency, the time
@@ -289,6 +295,7 @@ class Simulation:
         process = generate_latest(registry).decode()
         self.static = {n.name: static_part(n, process) for n in nodes}
         self.render_seconds = 0.0
+        self.scrapes_cut = 0  # Prometheus gave up before the body was sent
         self.lock = threading.Lock()
         simulation = self
 
@@ -300,11 +307,14 @@ class Simulation:
                     self.send_error(404 if node is None else 503)
                     return
                 body = simulation.body(node)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the scrape timed out
+                    simulation.scrapes_cut += 1
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -459,6 +469,8 @@ class Result:
     diagnose_seconds: float
     render_share: float  # the simulator's own CPU, seconds per second
     slowest: list[tuple[float, str]]  # rules, at the last evaluation
+    missed: float  # rule-group evaluations Prometheus skipped (a group outran the interval)
+    scrapes_cut: int
     planted: Verdicts
     found: Verdicts
 
@@ -536,6 +548,7 @@ def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
             found = {(v.kind, v.subject) for v in diagnosis.verdicts if v.kind != "node_outage"}
             rss = prom.rss_mb()
             slowest = prom.slowest_rules(5)
+            missed = prom.own_metric("prometheus_rule_group_iterations_missed_total")
     finally:
         simulation.close()
     pairs = sum(len(n.peers) for n in nodes)
@@ -543,7 +556,7 @@ def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
     return Result(count, setting, pairs, per_node, every_node, head - every_node,
                   every_node / 30, appended / span, rss, statistics.mean(rule_seconds),
                   statistics.median(matrix), diagnose_seconds, render_share, slowest,
-                  expected, found)  # fmt: skip
+                  missed, simulation.scrapes_cut, expected, found)  # fmt: skip
 
 
 def print_table(results: list[Result], version: str) -> None:
@@ -562,7 +575,8 @@ def print_table(results: list[Result], version: str) -> None:
               f"| {r.diagnose_seconds:.2f} | {verdict} |")  # fmt: skip
     for r in results:
         rules = ", ".join(f"{name} {seconds:.3f}" for seconds, name in r.slowest)
-        print(f"\n{r.nodes} {r.setting}: slowest rules (s): {rules}")
+        print(f"\n{r.nodes} {r.setting}: slowest rules (s): {rules}; rule-group "
+              f"evaluations skipped: {r.missed:.0f}; scrapes cut: {r.scrapes_cut}")  # fmt: skip
     print("\n(simulator CPU rendering the bodies, s/s: " + ", ".join(
         f"{r.nodes} {r.setting}: {r.render_share:.2f}" for r in results) + ")")  # fmt: skip
 

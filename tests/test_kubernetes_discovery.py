@@ -1,7 +1,9 @@
-"""Kubernetes discovery against an HTTP server speaking Node list/watch.
+"""Kubernetes discovery against an HTTP server speaking Node list/watch, scripted.
 
-The server is a fake (tests/fake_apiserver.py) until the control-plane issue
-brings a real kube-apiserver; the agent side is the real kubernetes client.
+The server is a fake (tests/fake_apiserver.py) because these tests script what a
+real kube-apiserver does only now and then: a watch dropped mid-stream, a 410 Gone
+on resume after compaction, a stalled connection. The agent side is the real one
+(exporter/kubeapi.py); tests/test_kubeapi.py runs it against a real API server.
 """
 
 from __future__ import annotations
