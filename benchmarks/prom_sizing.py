@@ -1,6 +1,6 @@
 """Benchmark: what Prometheus pays for node-ping-exporter at 50, 300 and 1000 nodes.
 
-    python -m benchmarks.prom_sizing [--runs 50:all,300:all,300:20,1000:20]
+    python -m benchmarks.prom_sizing [--runs 50:all,300:auto,1000:20] [--faults zone-split]
 
 **A simulation**, because this machine cannot run 1000 agents: one process serves,
 for every simulated node, what that node's agent serves on /metrics. The per-pair
@@ -16,24 +16,26 @@ the project's rules. Nothing leaves loopback.
 chart's 30 s, and every rule window, every `for` and the probe intervals are a sixth
 of the shipped ones (lossWindow 30 s, establishedAfter 100 s, 6 probes per peer per
 second). Each evaluation then reads as many samples per series as with the shipped
-settings, so series, memory, rule-evaluation time and query latency are those of a
-cluster on the shipped settings, and a planted fault is judged within a minute. The
-ingest rate is six times the shipped one: samples/s is printed for a 30 s scrape
-(series / 30 s) beside what this run ingested.
+settings, so series, memory and query latency are those of a cluster on the
+shipped settings, and a planted fault is judged within a minute. The ingest rate
+is six times the shipped one: samples/s is printed for a 30 s scrape (series /
+30 s) beside what this run ingested.
 
 **The fault model** (lab.faults.Fault, the lab's vocabulary): after the pairs are
 established, ``--faults nodes`` (default) takes one node down (its packets lost
 both ways, its agent unreachable), makes another lose 30 % of what arrives at it
 and cuts one link one way; ``--faults zone-split`` cuts zone-a off from the other
 two zones (Prometheus still reaches both sides, as in the lab). The run reads back
-which verdicts ``diagnose`` names, against the planted ones; with ``--max-peers``
-the bad link is chosen among the probed pairs (a link nobody probes cannot be
+which verdicts ``diagnose`` names, against the planted ones; on a sample the bad
+link is chosen among the probed pairs (a link nobody probes cannot be
 seen: docs/sizing.md says so). A background of 0.1 % random loss on every path
 keeps the matrix from being flattering.
 
-**What the scaling does not keep**: Prometheus evaluates the rules six times as
-often, so its CPU is six times the shipped settings' — a rule group that takes
-longer than 5 s here skips evaluations (printed) where at 30 s it would not.
+**What the scaling does not keep**: Prometheus evaluates the rules and ingests six
+times as often: an evaluation competes for the cores with six times the work per
+second it would at 30 s, so rule-evaluation times are upper bounds, and a group
+that takes longer than 5 s here skips evaluations (printed) where at 30 s it
+would not.
 
 Per run it prints: series per node and in total, samples/s, Prometheus RSS, the
 rule groups' evaluation time, the dashboard's loss-matrix query latency, the time
@@ -314,7 +316,8 @@ class Simulation:
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):  # the scrape timed out
-                    simulation.scrapes_cut += 1
+                    with simulation.lock:
+                        simulation.scrapes_cut += 1
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -427,7 +430,11 @@ def prometheus(simulation: Simulation, workdir: Path) -> Iterator[RunningPrometh
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:
@@ -460,7 +467,7 @@ class Result:
     pairs: int
     series_per_node: float  # what Prometheus scraped from one node's agent
     scraped: float  # series scraped in all
-    recorded: float  # the rules' series (the head's other series)
+    recorded: float  # the series the rules record now (node_ping:*)
     samples_30s: float  # samples/s at the chart's 30 s scrape
     ingested: float  # samples/s this time-scaled run appended
     rss_mb: float
@@ -514,8 +521,8 @@ def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
         ", full pair metrics" if full else ""
     )
     nodes = build_nodes(count, max_peers, full)
-    simulation = Simulation(nodes)
     faults, expected = plant(nodes, faults_kind, random.Random(count * 7 + max_peers))
+    simulation = Simulation(nodes)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="npe-prom-sizing-") as tmp,
@@ -536,7 +543,7 @@ def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
             render_share = (simulation.render_seconds - render_before) / span
             scraped = float(prom.query("sum(scrape_samples_scraped)")[0]["value"][1])
             per_node = scraped / (count - len(simulation.network.down))
-            head = prom.own_metric("prometheus_tsdb_head_series")
+            recorded = float(prom.query('count({__name__=~"node_ping:.+"})')[0]["value"][1])
             matrix = []
             for _ in range(3):
                 started = time.perf_counter()
@@ -553,7 +560,7 @@ def run(spec: RunSpec, faults_kind: str, warmup: float, judge: float) -> Result:
         simulation.close()
     pairs = sum(len(n.peers) for n in nodes)
     every_node = per_node * count
-    return Result(count, setting, pairs, per_node, every_node, head - every_node,
+    return Result(count, setting, pairs, per_node, every_node, recorded,
                   every_node / 30, appended / span, rss, statistics.mean(rule_seconds),
                   statistics.median(matrix), diagnose_seconds, render_share, slowest,
                   missed, simulation.scrapes_cut, expected, found)  # fmt: skip

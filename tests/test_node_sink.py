@@ -33,17 +33,18 @@ def test_max_peers_samples_and_counts_what_was_discovered() -> None:
 
 
 def test_max_pairs_keeps_a_full_mesh_until_the_cluster_outgrows_it() -> None:
-    """--max-pairs 110: 11 nodes (110 pairs) probe each other all; 12 (132) probe
-    max(10, 110 // 12) = 10 each; an explicit --max-peers wins."""
+    """--max-pairs 300: 17 nodes (272 pairs) probe each other all; 18 (306) probe
+    300 // 18 = 16 each, not all 17; 40 nodes probe 10 (never under
+    MIN_SAMPLED_PEERS, though 300 // 40 = 7); an explicit --max-peers wins."""
     table = PeerTable(window=5, per_peer_histogram=False)
-    sink = NodeSink(table, "n0", ping_self=False, max_peers=0, max_pairs=110)
-    sink.update(nodes(11))
-    assert len(names(table)) == 10
-    sink.update(nodes(12))
-    assert len(names(table)) == 10 and sink.discovered_nodes == 11
+    sink = NodeSink(table, "n0", ping_self=False, max_peers=0, max_pairs=300)
+    sink.update(nodes(17))
+    assert len(names(table)) == 16
+    sink.update(nodes(18))
+    assert len(names(table)) == 16 and sink.discovered_nodes == 17
     sink.update(nodes(40))
-    assert len(names(table)) == 10  # never under MIN_SAMPLED_PEERS
-    NodeSink(table, "n0", ping_self=False, max_peers=3, max_pairs=110).update(nodes(40))
+    assert len(names(table)) == 10
+    NodeSink(table, "n0", ping_self=False, max_peers=3, max_pairs=300).update(nodes(40))
     assert len(names(table)) == 3
 
 

@@ -696,7 +696,7 @@ def test_size_probes_losing_more_by_chance_into_a_lossy_node_are_no_path_mtu(
 ) -> None:
     """b loses 30 % of everything both ways, large packets alike; on the path a → b the
     18 size probes of a window lose 62 % (11 of 18: 2.9 standard deviations above
-    30 %, what one source in a few hundred sees at every evaluation — with 1000
+    30 %, what one source in about 165 sees at every evaluation — with 1000
     sources, always one). Over the large-packet threshold, but chance explains it:
     the node's loss only, no path-MTU verdict. (The sizing simulation at 50 nodes
     made such verdicts before the rule weighed the number of probes.)"""

@@ -55,7 +55,16 @@ class SlowNetwork:
         """A ready agent probing one target through the responder."""
         agent = AgentProcess(
             self.network,
-            ["--node-name", "agent", "--peer", f"slow={target_v4(1)}", *args],
+            # full: the window gauges (rtt_min) are what these tests read too
+            [
+                "--node-name",
+                "agent",
+                "--peer",
+                f"slow={target_v4(1)}",
+                "--pair-metrics",
+                "full",
+                *args,
+            ],
             19650,
             {},
         )
