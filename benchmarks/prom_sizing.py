@@ -77,7 +77,8 @@ from exporter.exposition import PeerRenderer
 from exporter.metric_table import NODE_LARGE_FAMILIES, NODE_PEER_FAMILIES, NODE_STAMP_FAMILIES
 from exporter.peers import Peer, PeerKey, PeerKind
 from exporter.sampling import choose_peers, peers_per_node
-from lab.faults import Fault
+from lab.controlplane import free_port
+from lab.faults import Fault, directions
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "metrics.prom"
@@ -112,23 +113,18 @@ def scaled_rules() -> str:
 # -- the fault model ------------------------------------------------------------------
 
 
+LOSS_FAULTS = ("isolate", "node-in", "node-out", "link", "partition")  # what the model drops
+
+
 def hits(fault: Fault, source: str, destination: str) -> bool:
-    """Whether a packet from ``source`` to ``destination`` crosses the fault."""
-    node, peer = fault.node, fault.peer
-    if fault.kind == "isolate":
-        return node in (source, destination)
-    if fault.kind == "node-in":
-        return destination == node
-    if fault.kind == "node-out":
-        return source == node
-    if fault.kind == "link":
-        return (source, destination) == (node, peer) or (
-            fault.both_ways and (source, destination) == (peer, node)
-        )
-    if fault.kind == "partition":  # groups of node names
-        a, b = fault.group_a, fault.group_b
-        return (source in a and destination in b) or (source in b and destination in a)
-    raise ValueError(f"the simulation has no model of {fault.kind!r} faults")
+    """Whether a packet from ``source`` to ``destination`` crosses the fault: the
+    lab's own (from, to) node groups, an empty group meaning any node."""
+    if fault.kind not in LOSS_FAULTS:
+        raise ValueError(f"the simulation has no model of {fault.kind!r} faults")
+    return any(
+        (not senders or source in senders) and (not receivers or destination in receivers)
+        for senders, receivers in directions(fault)
+    )
 
 
 @dataclass
@@ -245,8 +241,8 @@ class SimulatedNode:
                 peer.large.received += draw(rng, large, out_icmp * back_icmp)
 
 
-def static_part(node: SimulatedNode, process: str) -> str:
-    """The non-pair families as the agent renders them: the golden file's, for this node."""
+def static_template() -> list[str]:
+    """The golden file's non-pair lines: the agent's own output for node-0."""
     lines = []
     family = ""
     for line in GOLDEN.read_text().splitlines(keepends=True):
@@ -254,6 +250,14 @@ def static_part(node: SimulatedNode, process: str) -> str:
             family = line.split()[2]
         if family in PER_PAIR or family.startswith("external_") or "external" in line:
             continue
+        lines.append(line)
+    return lines
+
+
+def static_part(template: list[str], node: SimulatedNode, process: str) -> str:
+    """The non-pair families as the agent renders them, for this node."""
+    lines = []
+    for line in template:
         line = line.replace('source_node="node-0"', f'source_node="{node.name}"')
         line = line.replace('zone="zone-a"', f'zone="{node.zone}"')
         if line.startswith('kube_node_ping_peers{kind="node"'):
@@ -295,7 +299,8 @@ class Simulation:
         registry = CollectorRegistry()
         registry.register(ProcessCollector(registry=None))
         process = generate_latest(registry).decode()
-        self.static = {n.name: static_part(n, process) for n in nodes}
+        template = static_template()
+        self.static = {n.name: static_part(template, n, process) for n in nodes}
         self.render_seconds = 0.0
         self.scrapes_cut = 0  # Prometheus gave up before the body was sent
         self.lock = threading.Lock()
@@ -435,14 +440,6 @@ def prometheus(simulation: Simulation, workdir: Path) -> Iterator[RunningPrometh
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def matrix_query(range_: str) -> str:

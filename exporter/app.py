@@ -177,14 +177,19 @@ class Agent:
             sockets, s.node_name, allowed, port=s.stamp_port, peers_known=known, pause=pause
         )
 
-    def _http_server(self) -> HttpServer:
-        s = self.settings
+    def _exposition(self, process_metrics: bool) -> Exposition:
+        """What /metrics and the textfile render: the textfile leaves the process
+        families out, node-exporter has its own."""
         registry = CollectorRegistry()
         registry.register(self.collector)
-        registry.register(ProcessCollector(registry=None))
-        exposition = Exposition(
-            self.table, s.node_name, registry, s.pair_metrics is PairMetrics.FULL
-        )
+        if process_metrics:
+            registry.register(ProcessCollector(registry=None))
+        full = self.settings.pair_metrics is PairMetrics.FULL
+        return Exposition(self.table, self.settings.node_name, registry, full)
+
+    def _http_server(self) -> HttpServer:
+        s = self.settings
+        exposition = self._exposition(process_metrics=True)
         host, port = split_listen_address(s.listen_address)
         authorizer = None
         if s.metrics_auth is MetricsAuth.KUBERNETES:
@@ -210,11 +215,7 @@ class Agent:
 
     def _textfile_writer(self) -> TextfileWriter:
         s = self.settings
-        registry = CollectorRegistry()  # our metrics only: node-exporter has its own
-        registry.register(self.collector)
-        exposition = Exposition(
-            self.table, s.node_name, registry, s.pair_metrics is PairMetrics.FULL
-        )
+        exposition = self._exposition(process_metrics=False)
         try:
             writer = TextfileWriter(
                 s.textfile_path, exposition.render, s.textfile_interval, s.node_name

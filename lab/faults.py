@@ -169,8 +169,9 @@ def check_fault(fault: Fault, config: LabConfig) -> Fault:
 Direction = tuple[tuple[str, ...], tuple[str, ...]]  # from these nodes, to these; () = any
 
 
-def _directions(fault: Fault) -> list[Direction]:
-    """Where on the bridge the fault acts, as (from, to) pairs of node groups."""
+def directions(fault: Fault) -> list[Direction]:
+    """Where the fault acts, as (from, to) pairs of node groups: the bridge's rules
+    here, the sizing benchmark's simulated network (benchmarks/prom_sizing.py)."""
     node, peer = (fault.node,), (fault.peer,)
     if fault.kind == "node-in":
         return [((), node)]
@@ -206,7 +207,7 @@ def fault_rules(fault: Fault) -> list[str]:
     the port it leaves by (the node it is going to); flooded frames (ARP, neighbour
     solicitations) pass the forward hook once per port they go out of."""
     rules = []
-    for source, destination in _directions(fault):
+    for source, destination in directions(fault):
         where = " ".join(
             [*([f"iifname {_ports(source)}"] if source else []),
              *([f"oifname {_ports(destination)}"] if destination else [])]
