@@ -269,10 +269,11 @@ def static_part(template: list[str], node: SimulatedNode, process: str) -> str:
 def build_nodes(count: int, max_peers: int, full_pair_metrics: bool) -> list[SimulatedNode]:
     names = [f"node-{i:04d}" for i in range(count)]
     address = {n: f"198.18.{i // 250}.{i % 250 + 1}" for i, n in enumerate(names)}
+    zones = {n: ZONES[i % len(ZONES)] for i, n in enumerate(names)}
     rng = random.Random(count)
     nodes = []
-    for i, name in enumerate(names):
-        chosen = sorted(choose_peers(name, names, max_peers))
+    for name in names:
+        chosen = sorted(choose_peers(name, names, max_peers, zones))
         peers = [
             SimulatedPeer(
                 PeerKey(PeerKind.NODE, other, address[other]),
@@ -282,7 +283,7 @@ def build_nodes(count: int, max_peers: int, full_pair_metrics: bool) -> list[Sim
             )
             for other in chosen
         ]
-        nodes.append(SimulatedNode(name, ZONES[i % len(ZONES)], peers, full_pair_metrics))
+        nodes.append(SimulatedNode(name, zones[name], peers, full_pair_metrics))
     return nodes
 
 

@@ -265,7 +265,10 @@ class Settings(BaseModel):
     )
     ping_self: bool = Field(default=False, description="probe this node's own addresses too")
     max_peers: int = Field(
-        default=0, ge=0, description="probe at most K nodes (stable hash ring); 0 = all"
+        default=0,
+        ge=0,
+        description="probe K nodes (a stable hash ring, plus one node of each zone it "
+        "misses); 0 = all",
     )
     max_pairs: int = Field(
         default=10000,

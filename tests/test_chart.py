@@ -1094,6 +1094,7 @@ BAD_VALUES: list[tuple[list[str], str]] = [
     (["--set-json", "externalTargetsResolveInterval=0"], "at '/externalTargetsResolveInterval'"),
     (["--set-json", "textfile.interval=0"], "at '/textfile/interval'"),
     (["--set-json", "discovery.maxPeers=-1"], "at '/discovery/maxPeers'"),
+    (["--set-json", "discovery.maxPairs=-1"], "at '/discovery/maxPairs'"),
     (["--set-json", "port=0"], "at '/port'"),
     (["--set-json", 'textfile.prefix=".hidden"'], "at '/textfile/prefix'"),
     (["--set-json", 'textfile.prefix="a/b"'], "at '/textfile/prefix'"),

@@ -48,6 +48,24 @@ def test_max_pairs_keeps_a_full_mesh_until_the_cluster_outgrows_it() -> None:
     assert len(names(table)) == 3
 
 
+def test_sampled_peers_span_the_zones_discovery_lists() -> None:
+    """40 nodes, 3 of them in zone-b: with --max-peers 3 every agent probes zone-b
+    too (the ring alone misses it for most), and its own zone is reported."""
+    listed = [
+        NodeAddress(n.name, n.addresses, "zone-b" if n.name in ("n5", "n17", "n30") else "zone-a")
+        for n in nodes(40)
+    ]
+    zone_b_probed = 0
+    for i in range(40):
+        table = PeerTable(window=5, per_peer_histogram=False)
+        sink = NodeSink(table, f"n{i}", ping_self=False, max_peers=3)
+        sink.update(listed)
+        assert {"n5", "n17", "n30"} & names(table), f"n{i}"
+        assert sink.zone == ("zone-b" if i in (5, 17, 30) else "zone-a")
+        zone_b_probed += len(names(table)) > 3
+    assert zone_b_probed > 0
+
+
 def test_unchanged_peers_keep_their_statistics_and_change_is_signalled() -> None:
     changes: list[int] = []
     table = PeerTable(window=5, per_peer_histogram=False, on_change=lambda: changes.append(1))

@@ -82,16 +82,16 @@ class NodeSink:
 
     def update(self, nodes: Iterable[NodeAddress]) -> None:
         by_name: dict[str, set[str]] = {}
-        zone = ""
+        zones: dict[str, str] = {}
         for node in nodes:
             by_name.setdefault(node.name, set()).update(node.addresses)
-            if node.name == self.self_name and node.zone:
-                zone = node.zone
-        self.zone = zone
+            if node.zone:
+                zones[node.name] = node.zone
+        self.zone = zones.get(self.self_name, "")
         self.addresses = frozenset(a for addresses in by_name.values() for a in addresses)
         cluster = len(by_name.keys() | {self.self_name})
         k = peers_per_node(cluster, self.max_peers, self.max_pairs)
-        chosen = choose_peers(self.self_name, by_name, k)
+        chosen = choose_peers(self.self_name, by_name, k, zones)
         if self.ping_self and self.self_name in by_name:
             chosen.add(self.self_name)
         self.discovered_nodes = len(set(by_name) - {self.self_name})
