@@ -104,6 +104,8 @@ class Agents:
             "--output", config.output, "--textfile-dir", str(self.workdir.textfile_dir),
             "--textfile-interval", "1", "--log-format", "json",
         ]  # fmt: skip
+        if config.max_peers:
+            args += ["--max-peers", str(config.max_peers)]
         for target in config.external_targets:
             args += ["--external-target", target]
         # `ip netns exec` execs the agent in place: the pid is the agent's own

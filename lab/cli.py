@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--zones", type=int, default=0, help="split the nodes into zone-a, zone-b, … (0: none)"
     )
+    up.add_argument("--max-peers", type=int, default=0, help="each agent probes K nodes (0: all)")
     up.add_argument("--dual-stack", action="store_true", help="IPv6 addresses too")
     up.add_argument("--output", choices=["http", "textfile", "both"], default="both")
     up.add_argument("--interval", type=float, default=0.05, help="agents' probe interval")
@@ -319,6 +320,7 @@ def run(args: argparse.Namespace) -> None:
             LabConfig(
                 nodes=args.nodes,
                 zones=args.zones,
+                max_peers=args.max_peers,
                 dual_stack=args.dual_stack,
                 output=args.output,
                 interval=args.interval,

@@ -62,6 +62,8 @@ class Lab:
             raise LabError("--kubelets needs a control plane (--kubernetes)")
         if config.nodes < 2 or config.nodes > 200:
             raise LabError(f"--nodes must be between 2 and 200 (got {config.nodes})")
+        if config.max_peers < 0:
+            raise LabError(f"--max-peers must be 0 or more (got {config.max_peers})")
         if not 0 <= config.zones <= min(config.nodes, 26):
             raise LabError(
                 f"--zones must be between 0 and {min(config.nodes, 26)} (got {config.zones})"

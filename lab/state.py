@@ -64,6 +64,8 @@ class LabConfig:
     # Zones (0: none): the nodes split into this many contiguous blocks, zone-a,
     # zone-b, …; the peers file and the Node objects carry each node's zone.
     zones: int = 0
+    # The agents' --max-peers (0: every node probes all): a sampled lab.
+    max_peers: int = 0
 
     def node_names(self) -> list[str]:
         return [node_name(i) for i in range(1, self.nodes + 1)]

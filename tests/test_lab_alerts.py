@@ -23,11 +23,21 @@ import pytest
 import yaml
 
 from exporter.diagnose import diagnose
+from exporter.sampling import choose_peers
 from lab.cli import LabPrometheus
 from lab.cluster import Lab
 from lab.faults import Fault
 from lab.prometheus import FAST_CONFIG, FAST_FOR
-from lab.scenarios import SCENARIOS, Scenario, firing, lab_config, run, verdicts, wait_quiet
+from lab.scenarios import (
+    SCENARIOS,
+    Outcome,
+    Scenario,
+    firing,
+    lab_config,
+    run,
+    verdicts,
+    wait_quiet,
+)
 from lab.state import LabConfig
 
 from .conftest import NETNS_OK, NETNS_WHY, ROOT, record, running_lab
@@ -98,8 +108,17 @@ def test_a_clean_network_with_churn_fires_nothing(lab: Lab) -> None:
 
 @pytest.mark.parametrize("scenario", CI_SCENARIOS, ids=[s.name for s in CI_SCENARIOS])
 def test_the_fault_fires_its_alerts_only(lab: Lab, scenario: Scenario) -> None:
+    outcome = run_from_quiet(lab, scenario)
+    for alert, seconds in sorted(outcome.fired.items()):
+        line = f"{scenario.name}: {alert[0]} {alert[1]} fired {seconds:.0f}s after the fault"
+        print(f"\n{line}")
+        record(TIMINGS, line)  # read back for docs/alert-timing.md
+    assert_named(outcome)
+
+
+def run_from_quiet(lab: Lab, scenario: Scenario) -> Outcome:
     quiet(lab, history=scenario.clean_history)
-    outcome = run(
+    return run(
         lab,
         LabPrometheus(lab),
         lab.prometheus.query,
@@ -108,10 +127,11 @@ def test_the_fault_fires_its_alerts_only(lab: Lab, scenario: Scenario) -> None:
         shipped=False,
         inline=FAST_CONFIG,
     )
-    for alert, seconds in sorted(outcome.fired.items()):
-        line = f"{scenario.name}: {alert[0]} {alert[1]} fired {seconds:.0f}s after the fault"
-        print(f"\n{line}")
-        record(TIMINGS, line)  # read back for docs/alert-timing.md
+
+
+def assert_named(outcome: Outcome) -> None:
+    """Exactly the scenario's alerts, each in time, and exactly its verdicts."""
+    scenario = outcome.scenario
     assert not outcome.error, outcome.error
     assert set(outcome.fired) == scenario.alerts, outcome.fired
     assert all(seconds <= FIRE_LIMIT for seconds in outcome.fired.values()), outcome.fired
@@ -190,3 +210,71 @@ def test_textfile_mode_alerts_through_node_exporter(textfile_lab: Lab) -> None:
     # and diagnose evaluating the rules itself needs the textfile selector, like the rules
     found = diagnose(LabPrometheus(lab), selector='job="node-exporter"', config=FAST_CONFIG)
     assert found.source.startswith("the rules, evaluated by diagnose")
+
+
+# -- a sampled lab (--max-peers) ---------------------------------------------------------
+
+SAMPLED = LabConfig(nodes=12, zones=3, max_peers=3, output="http", fast_alerts=True)
+SAMPLED_NODES = SAMPLED.node_names()
+SAMPLED_ZONES = {n: SAMPLED.zone(n) for n in SAMPLED_NODES}
+# What each agent probes, as the agents choose it (asserted against what they do)
+SAMPLED_PROBES = {n: choose_peers(n, SAMPLED_NODES, 3, SAMPLED_ZONES) for n in SAMPLED_NODES}
+# A link probed one way only: the one pair that crosses it is named, nothing else.
+ONE_WAY = next((a, b) for a in SAMPLED_NODES for b in sorted(SAMPLED_PROBES[a])
+               if a not in SAMPLED_PROBES[b])  # fmt: skip
+ZONE_A = sorted(n for n in SAMPLED_NODES if SAMPLED_ZONES[n] == "zone-a")
+SPLIT = ", ".join(ZONE_A) + " | " + ", ".join(sorted(set(SAMPLED_NODES) - set(ZONE_A)))
+SAMPLED_SCENARIOS = (
+    Scenario(
+        "sampled: node down",
+        "node-6",
+        (Fault("isolate", "node-6"),),
+        frozenset({("NodePingNodeUnreachable", "node-6")}),
+        frozenset({("node_unreachable", "node-6")}),
+    ),
+    Scenario(
+        "sampled: zone split",
+        "zone-a | zone-b, zone-c",
+        (Fault("partition", group_a=("zone-a",), group_b=("zone-b", "zone-c")),),
+        frozenset({("NodePingPartition", "")}),
+        frozenset({("partition", SPLIT)}),
+    ),
+    Scenario(
+        "sampled: link cut, probed one way",
+        " → ".join(ONE_WAY),
+        (Fault("link", ONE_WAY[0], peer=ONE_WAY[1]),),
+        frozenset({("NodePingLinkLoss", " → ".join(ONE_WAY))}),
+        frozenset({("link_loss", " → ".join(ONE_WAY))}),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def sampled_lab() -> Iterator[Lab]:
+    with running_lab("sampled", SAMPLED) as lab:
+        established(lab, pairs=sum(len(p) for p in SAMPLED_PROBES.values()))
+        yield lab
+
+
+def test_a_sampled_lab_probes_the_ring_and_every_zone(sampled_lab: Lab) -> None:
+    """12 nodes in 3 zones, --max-peers 3: the agents probe what exporter.sampling
+    chooses (3 ring successors, plus a node of each zone they miss), so every node is
+    probed by 3 at least and from every zone."""
+    judged = {
+        (s["metric"]["source_node"], s["metric"]["destination_node"])
+        for s in sampled_lab.prometheus.query("node_ping:pair_loss:ratio")
+    }
+    assert judged == {(a, b) for a, peers in SAMPLED_PROBES.items() for b in peers}
+    for node in SAMPLED_NODES:
+        sources = {a for a, b in judged if b == node}
+        assert len(sources) >= 3 and {SAMPLED_ZONES[s] for s in sources} == set(
+            SAMPLED_ZONES.values()
+        ), node
+    assert len(judged) < len(SAMPLED_NODES) * (len(SAMPLED_NODES) - 1) / 2
+
+
+@pytest.mark.parametrize("scenario", SAMPLED_SCENARIOS, ids=[s.name for s in SAMPLED_SCENARIOS])
+def test_a_sampled_lab_names_the_culprit(sampled_lab: Lab, scenario: Scenario) -> None:
+    """Each node judged by its 3–5 sources only: a node down, a zone cut off (named
+    from the zones' dead pairs, which the sample shows) and a link probed one way."""
+    assert_named(run_from_quiet(sampled_lab, scenario))

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from exporter.rules import render
+from exporter.sampling import choose_peers
 
 JOB = "node-ping-exporter"
 STEP_S = 30  # scrape and evaluation interval
@@ -52,6 +53,8 @@ class Cluster:
     blips: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     skipped: dict[str, float] = field(default_factory=dict)  # node -> share of probes skipped
     zones: dict[str, str] = field(default_factory=dict)
+    # source -> the nodes it probes (a sample, as --max-peers makes); absent: all
+    probes: dict[str, set[str]] = field(default_factory=dict)
     joins_at: dict[str, int] = field(default_factory=dict)  # node -> first minute with series
     leaves_at: dict[str, int] = field(default_factory=dict)  # node -> minute its pairs end
     job: str = JOB
@@ -79,6 +82,9 @@ class Cluster:
     # then starts afresh and answers no STAMP for 10 s more. Its own rows are kept.
     agent_down: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def peers_of(self, source: str) -> list[str]:
+        return [d for d in self.nodes if d != source and d in self.probes.get(source, {d})]
+
     @property
     def steps(self) -> int:
         return self.minutes * 60 // STEP_S
@@ -97,7 +103,7 @@ class Cluster:
             out.append({"series": info, "values": f"1x{self.steps}"})
             if self.stamp:
                 labels = f'job="{self.job}",source_node="{source}",result="reflected"'
-                per_step = STEP_S * (len(self.nodes) - 1)
+                per_step = STEP_S * len(self.peers_of(source))
                 restart = self._restart_step(source)
                 gone = self._down_steps(source)
                 counts = [
@@ -114,9 +120,8 @@ class Cluster:
                     }
                 )
             out += self._agent(source)
-            for destination in self.nodes:
-                if source != destination:
-                    out += self._pair(source, destination)
+            for destination in self.peers_of(source):
+                out += self._pair(source, destination)
         return out
 
     def _faulty(self, step: int) -> bool:
@@ -128,7 +133,7 @@ class Cluster:
         for step in range(self.steps + 1):
             if step and self._faulty(step):
                 # per step: STEP_S probes per peer would go, `share` of them skipped
-                total += STEP_S * (len(self.nodes) - 1) * share / (1 - share)
+                total += STEP_S * len(self.peers_of(node)) * share / (1 - share)
             skipped.append(f"{total:g}")
         labels = f'job="{self.job}",source_node="{node}"'
         lag = [("2" if share and self._faulty(s) else "0.001") for s in range(self.steps + 1)]
@@ -890,6 +895,71 @@ def test_an_even_partition_without_zones(tmp_path: Path) -> None:
     checks = [
         firing([("NodePingPartition", {})], at(25)),
         expect("node_ping:verdict:partition", at(25), *sides),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def sampled(nodes: list[str], zones: dict[str, str], k: int) -> dict[str, set[str]]:
+    """What each node probes with --max-peers k, chosen as the agents choose."""
+    return {n: choose_peers(n, nodes, k, zones) for n in nodes}
+
+
+TWELVE = [f"n{i:02d}" for i in range(12)]
+TWELVE_ZONES = {n: f"zone-{'abc'[i % 3]}" for i, n in enumerate(TWELVE)}
+
+
+def test_a_zone_cut_off_is_a_partition_on_a_sample(tmp_path: Path) -> None:
+    """12 nodes in 3 zones, each probing 4 (--max-peers 4): zone-a cut off from the
+    others. Sides counted node by node do not add up on a sample; the zones' dead
+    pairs name every node with its side (4 | 8), none unreachable."""
+    probes = sampled(TWELVE, TWELVE_ZONES, 4)
+    side_a = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-a"]
+    others = [n for n in TWELVE if n not in side_a]
+    cluster = Cluster(TWELVE, loss=cut(side_a, others), zones=TWELVE_ZONES, probes=probes)
+    sides = [
+        (f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 4 if n in side_a else 8)
+        for n in TWELVE
+    ]
+    checks = [
+        firing([("NodePingPartition", {})], at(FAULT + 2)),
+        firing([("NodePingPartition", {})], at(25)),
+        expect(PARTITION, at(25), *sides),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_dead_nodes_in_two_zones_are_no_zone_cut_on_a_sample(tmp_path: Path) -> None:
+    """Two nodes of each zone down (4 of 12, every third one dead and its agent still
+    scraped): most pairs between two zones can be dead, but so are most within a
+    zone — each down node is unreachable, no partition."""
+    probes = sampled(TWELVE, TWELVE_ZONES, 4)
+    down = ["n00", "n03", "n01", "n04"]  # zone-a: n00, n03; zone-b: n01, n04
+    loss = {pair: 1.0 for node in down for pair in node_fault(node, TWELVE, 1.0)}
+    cluster = Cluster(TWELVE, loss=loss, zones=TWELVE_ZONES, probes=probes)
+    checks = [
+        firing([("NodePingNodeUnreachable", {"node": n}) for n in sorted(down)], at(25)),
+        expect("node_ping:zone_pair:cut", at(25)),
+        expect(PARTITION, at(25)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_two_zones_cut_from_each_other_only(tmp_path: Path) -> None:
+    """zone-a and zone-b cannot reach each other; zone-c reaches both (a routing
+    change between two zones): the nodes of a and b are named, with the side each
+    still reaches (its own zone and zone-c), zone-c's are not."""
+    probes = sampled(TWELVE, TWELVE_ZONES, 4)
+    zone = {z: [n for n in TWELVE if TWELVE_ZONES[n] == z] for z in ("zone-a", "zone-b")}
+    cluster = Cluster(
+        TWELVE, loss=cut(zone["zone-a"], zone["zone-b"]), zones=TWELVE_ZONES, probes=probes
+    )
+    sides = [
+        (f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 8)
+        for n in [*zone["zone-a"], *zone["zone-b"]]
+    ]
+    checks = [
+        firing([("NodePingPartition", {})], at(25)),
+        expect(PARTITION, at(25), *sides),
     ]
     run_promtool(tmp_path, [case(cluster, checks)])
 
