@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9798
 
 .PHONY: run test deps lint typecheck e2e test-kube controlplane controlplane-down cluster \
-	cluster-down demo bench bench-prometheus accuracy \
+	cluster-down demo bench bench-prometheus accuracy accuracy-sampled \
 	image publish chart-readme sync-chart clean
 
 # The agent, and the lab as a distribution of its own (lab/pyproject.toml): two
@@ -112,6 +112,11 @@ bench-prometheus: deps
 # (root; about an hour): the table of docs/accuracy.md.
 accuracy: deps
 	$(PY) -m benchmarks.accuracy
+
+# The same faults on a sampled lab (12 nodes, --max-peers 3), lab-sized windows
+# (root; about half an hour): the sampled table of docs/sizing.md.
+accuracy-sampled: deps
+	$(PY) -m benchmarks.accuracy --sampled --fast --labs 1 --clean-minutes 5
 
 # The container images (amd64 and arm64, one manifest list), built with buildah
 # from Debian packages and wheels (root).

@@ -2,6 +2,7 @@
 
     python -m benchmarks.accuracy [--labs 3] [--clean-minutes 20] [--only NAME ...]
     (make accuracy)
+    python -m benchmarks.accuracy --sampled [--fast]    (make accuracy-sampled)
 
 Brings up 6-node labs in three zones (lab/cluster.py) whose agents run with their
 default probe interval and timeout, and whose Prometheus scrapes and evaluates
@@ -13,6 +14,12 @@ restart of every agent, nodes leaving and joining. Prints one table — scenario
 expected culprit, alerts fired with their time from the fault, diagnose's
 verdicts, correct or not — then precision and recall over the alerts, and the
 false alerts of the clean run. Results and method: docs/accuracy.md.
+
+``--sampled``: the same fault set on 12-node labs whose agents probe 3 nodes each
+(--max-peers 3, plus a node of each zone they miss), link faults moved to probed
+pairs, and two links a sample sees partly or not at all (lab.scenarios
+.sampled_scenarios; docs/sizing.md). ``--fast``: lab-sized windows (30 s loss
+window, 5 s scrape, 50 ms probes) instead of the shipped ones, as the tests run.
 
 Needs root (network namespaces, nftables, cgroups), prometheus and Go (the delayed
 responder). Every packet stays inside namespaces the labs create.
@@ -30,22 +37,26 @@ from exporter.diagnose import DiagnoseError, diagnose
 from lab.cli import LabPrometheus
 from lab.cluster import Lab
 from lab.faults import Fault
+from lab.prometheus import FAST_CONFIG
 from lab.scenarios import (
-    NODES,
     SCENARIOS,
     Outcome,
     Scenario,
     firing,
     lab_config,
+    probed_pairs,
     run,
+    sampled_config,
+    sampled_scenarios,
     verdicts,
     wait_quiet,
 )
-from lab.state import LabError
+from lab.state import LabConfig, LabError
 
 ESTABLISHED_LIMIT_S = 15 * 60  # the rules judge pairs 10 minutes old
 FIRE_LIMIT_S = 8 * 60  # the targets are 2 and 5 minutes: room to measure a miss
 QUIET_LIMIT_S = 20 * 60  # a flicker is remembered for the 15-minute outage window
+FAST_FIRE_LIMIT_S = 100  # lab-sized windows (tests/test_lab_alerts.py: 70 s)
 
 
 def log(message: str) -> None:
@@ -118,9 +129,9 @@ def clean_with_churn(lab: Lab, minutes: float, result: CleanRun) -> None:
         time.sleep(5)
 
 
-def established(lab: Lab) -> None:
+def established(lab: Lab, config: LabConfig) -> None:
     """Until the rules judge every pair of the lab."""
-    pairs = NODES * (NODES - 1)
+    pairs = len(probed_pairs(config))
     deadline = time.monotonic() + ESTABLISHED_LIMIT_S
     while len(lab.prometheus.query("node_ping:pair_loss:ratio")) < pairs:
         if time.monotonic() > deadline:
@@ -128,14 +139,17 @@ def established(lab: Lab) -> None:
         time.sleep(10)
 
 
-def run_lab(lab: Lab, scenarios: list[Scenario], outcomes: dict[str, Outcome]) -> None:
+def run_lab(
+    lab: Lab, scenarios: list[Scenario], outcomes: dict[str, Outcome], shipped: bool
+) -> None:
     prometheus = LabPrometheus(lab)
+    limit, inline = (FIRE_LIMIT_S, None) if shipped else (FAST_FIRE_LIMIT_S, FAST_CONFIG)
     for scenario in scenarios:
         log(f"{lab.name}: {scenario.name}")
         try:
             wait_quiet(lab.prometheus.query, prometheus, QUIET_LIMIT_S, scenario.clean_history)
             outcome = run(
-                lab, prometheus, lab.prometheus.query, scenario, FIRE_LIMIT_S, shipped=True
+                lab, prometheus, lab.prometheus.query, scenario, limit, shipped, inline=inline
             )
         except (LabError, DiagnoseError) as exc:  # one scenario lost, not the lab's others
             outcome = Outcome(scenario, error=str(exc))
@@ -170,8 +184,13 @@ def main() -> None:
     parser.add_argument("--labs", type=int, default=3, help="labs running scenarios at once")
     parser.add_argument("--clean-minutes", type=float, default=20.0)
     parser.add_argument("--only", nargs="*", default=[], help="scenario names (substrings)")
+    parser.add_argument("--sampled", action="store_true", help="12 nodes, --max-peers 3")
+    parser.add_argument("--fast", action="store_true", help="lab-sized windows")
     args = parser.parse_args()
-    chosen = [s for s in SCENARIOS if not args.only or any(o in s.name for o in args.only)]
+    shipped = not args.fast
+    config = sampled_config(shipped) if args.sampled else lab_config(shipped)
+    scenarios = sampled_scenarios(config) if args.sampled else SCENARIOS
+    chosen = [s for s in scenarios if not args.only or any(o in s.name for o in args.only)]
     # A flicker is remembered for the outage window: such scenarios go last on their lab.
     chosen.sort(key=lambda s: bool(s.flap[0]))
     labs = [Lab(f"acc{i}") for i in range(1, args.labs + 1)]
@@ -182,12 +201,12 @@ def main() -> None:
     try:
         for lab in everything:
             log(f"bringing up {lab.name}")
-            lab.up(lab_config(shipped=True))
+            lab.up(config)
         log("waiting until the rules judge every pair (they take pairs 10 minutes old)")
         for lab in everything:
-            established(lab)
+            established(lab, config)
         threads = [
-            threading.Thread(target=run_lab, args=(lab, chosen[i :: len(labs)], outcomes))
+            threading.Thread(target=run_lab, args=(lab, chosen[i :: len(labs)], outcomes, shipped))
             for i, lab in enumerate(labs)
         ]
         if clean:
@@ -203,7 +222,7 @@ def main() -> None:
     finally:
         for lab in everything:
             lab.down()
-    ordered = [outcomes[s.name] for s in SCENARIOS if s.name in outcomes]
+    ordered = [outcomes[s.name] for s in scenarios if s.name in outcomes]
     print(table(ordered))
     expected = sum(len(o.scenario.alerts) for o in ordered)
     fired = sum(len(o.fired) for o in ordered)

@@ -192,7 +192,7 @@ PEERS = Family(
 DISCOVERED_NODES = Family(
     "kube_node_ping_discovered_nodes",
     "gauge",
-    "Nodes discovery knows of (this node excluded), before --max-peers.",
+    "Nodes discovery knows of (this node excluded), before sampling (--max-peers, --max-pairs).",
     SOURCE,
 )
 

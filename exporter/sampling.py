@@ -3,8 +3,9 @@
 Consistent hashing on a ring: every node name gets a fixed position (a hash of
 the name, so it is the same on every node, across restarts and rollouts), and
 each node probes the K nodes that follow it on the ring. So every node probes
-exactly K and is probed by exactly K others (when the cluster has more than K+1
-nodes); a node joining or leaving changes only the K predecessors' choices.
+K and is probed by K others (when the cluster has more than K+1 nodes), exactly
+while no zones are known; a node joining or leaving changes only the K
+predecessors' choices (and, with zones, a few top-ups: see below).
 
 Without ``--max-peers``, ``--max-pairs B`` bounds the whole cluster's pairs, and
 with them what Prometheus stores and evaluates (docs/sizing.md): a full mesh while
@@ -81,7 +82,9 @@ def _zone_top_ups(self_name: str, ring: list[str], k: int, zones: Mapping[str, s
     # is the one of its zone picked: a window of K predecessors sliding along the ring.
     own = zone_of[self_name]
     if own:
-        window = Counter(zone_of[ring[i]] for i in range(-k, 0))
+        # ring[i - k] wraps round for i < k; the ring has k + 2 nodes at least (the
+        # caller returns everybody otherwise), so a window never holds a node twice.
+        window = Counter(zone_of[ring[i]] for i in range(-k, 0))  # ring[0]'s predecessors
         for i, node in enumerate(ring):
             if not window[own] and node != self_name and pick(own, node) == self_name:
                 extra.add(node)

@@ -10,12 +10,14 @@ verdicts ``diagnose`` must print, on a 6-node lab in three zones
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporter.diagnose import DiagnoseError, Diagnosis, Prometheus, diagnose
+from exporter.sampling import choose_peers
 
 from .faults import Fault
 from .state import LabConfig, LabError
@@ -252,6 +254,110 @@ SCENARIOS: tuple[Scenario, ...] = (
         frozenset({("ambiguous", ", ".join(ALL))}),
     ),
 )
+
+
+# -- the same faults on a sampled lab (--max-peers) ----------------------------------------
+
+SAMPLED_NODES, SAMPLED_MAX_PEERS = 12, 3
+
+
+def sampled_config(shipped: bool) -> LabConfig:
+    """The sampled lab: 12 nodes in three zones, each agent probing 3 (--max-peers 3),
+    plus a node of each zone its 3 miss: every node is judged by 3–5 sources."""
+    return dataclasses.replace(
+        lab_config(shipped), nodes=SAMPLED_NODES, max_peers=SAMPLED_MAX_PEERS
+    )
+
+
+def probed_pairs(config: LabConfig) -> set[tuple[str, str]]:
+    """(source, destination) for every pair the lab's agents probe, as they choose them."""
+    names = config.node_names()
+    zones = {n: config.zone(n) for n in names}
+    return {(a, b) for a in names for b in choose_peers(a, names, config.max_peers, zones)}
+
+
+def _renamed(scenario: Scenario, names: dict[str, str]) -> Scenario:
+    """The scenario with its nodes renamed, in its faults and in every word expected."""
+
+    def sub(text: str) -> str:
+        return re.sub(r"node-\d+\b", lambda m: names.get(m[0], m[0]), text)
+
+    return dataclasses.replace(
+        scenario,
+        culprit=sub(scenario.culprit),
+        faults=tuple(
+            dataclasses.replace(f, node=sub(f.node), peer=sub(f.peer)) for f in scenario.faults
+        ),
+        alerts=frozenset((a, sub(b)) for a, b in scenario.alerts),
+        verdicts=frozenset((a, sub(b)) for a, b in scenario.verdicts),
+        says=tuple(sub(p) for p in scenario.says),
+        alert_says=tuple(sub(p) for p in scenario.alert_says),
+    )
+
+
+def sampled_scenarios(config: LabConfig) -> tuple[Scenario, ...]:
+    """SCENARIOS on a sampled lab, and what a sample cannot see.
+
+    A fault at a node stays as it is (the sampled lab has the same node names and
+    more); a link fault moves to a pair probed both ways, away from the scenario's
+    other nodes; a fault at every node covers all of them; the zone split's sides
+    are the sampled lab's zones. Two more: a link cut that only one of its two
+    pairs probes (one alert, one verdict), and one that no pair probes (nothing:
+    the sample's blind spot, docs/sizing.md)."""
+    names = config.node_names()
+    probed = probed_pairs(config)
+    mutual = sorted((a, b) for a, b in probed if (b, a) in probed and a < b)
+    one_way = sorted((a, b) for a, b in probed if (b, a) not in probed)
+    unprobed = sorted(
+        (a, b) for a in names for b in names if a < b and not {(a, b), (b, a)} & probed
+    )
+    out = []
+    for scenario in SCENARIOS:
+        ends = {n for f in scenario.faults if f.peer for n in (f.node, f.peer)}
+        others = {f.node for f in scenario.faults if not f.peer} - ends
+        if {f.node for f in scenario.faults} == set(ALL):  # every node
+            fault = scenario.faults[0]
+            scenario = dataclasses.replace(
+                scenario,
+                faults=tuple(dataclasses.replace(fault, node=n) for n in names),
+                verdicts=frozenset({("ambiguous", ", ".join(sorted(names)))}),
+            )
+        elif any(f.kind == "partition" for f in scenario.faults):
+            (fault,) = scenario.faults
+            sides = [
+                sorted(n for n in names if config.zone(n) in group)
+                for group in (fault.group_a, fault.group_b)
+            ]
+            sides.sort(key=lambda side: (len(side), side))
+            subject = " | ".join(", ".join(side) for side in sides)
+            scenario = dataclasses.replace(scenario, verdicts=frozenset({("partition", subject)}))
+        elif ends:
+            a, b = sorted(ends)
+            pair = next(p for p in mutual if not set(p) & others)
+            scenario = _renamed(scenario, {a: pair[0], b: pair[1]})
+        out.append(scenario)
+    for a, b in one_way[:1]:
+        out.append(
+            Scenario(
+                "link cut, probed one way",
+                f"{a} ↔ {b} (only {a} → {b} probed)",
+                (Fault("link", a, peer=b),),
+                frozenset({("NodePingLinkLoss", f"{a} → {b}")}),
+                frozenset({("link_loss", f"{a} → {b}")}),
+            )
+        )
+    for a, b in unprobed[:1]:
+        out.append(
+            Scenario(
+                "link cut, not probed",
+                f"{a} ↔ {b} (no pair probes it: nothing can be seen)",
+                (Fault("link", a, peer=b),),
+                frozenset(),
+                frozenset(),
+                watch=(300, 60),
+            )
+        )
+    return tuple(out)
 
 
 def firing(query: Callable[[str], list[dict[str, object]]], state: str = "firing") -> set[Alert]:

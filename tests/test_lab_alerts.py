@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from exporter.diagnose import diagnose
-from exporter.sampling import choose_peers
 from lab.cli import LabPrometheus
 from lab.cluster import Lab
 from lab.faults import Fault
@@ -34,7 +33,10 @@ from lab.scenarios import (
     Scenario,
     firing,
     lab_config,
+    probed_pairs,
     run,
+    sampled_config,
+    sampled_scenarios,
     verdicts,
     wait_quiet,
 )
@@ -214,45 +216,17 @@ def test_textfile_mode_alerts_through_node_exporter(textfile_lab: Lab) -> None:
 
 # -- a sampled lab (--max-peers) ---------------------------------------------------------
 
-SAMPLED = LabConfig(nodes=12, zones=3, max_peers=3, output="http", fast_alerts=True)
-SAMPLED_NODES = SAMPLED.node_names()
-SAMPLED_ZONES = {n: SAMPLED.zone(n) for n in SAMPLED_NODES}
-# What each agent probes, as the agents choose it (asserted against what they do)
-SAMPLED_PROBES = {n: choose_peers(n, SAMPLED_NODES, 3, SAMPLED_ZONES) for n in SAMPLED_NODES}
-# A link probed one way only: the one pair that crosses it is named, nothing else.
-ONE_WAY = next((a, b) for a in SAMPLED_NODES for b in sorted(SAMPLED_PROBES[a])
-               if a not in SAMPLED_PROBES[b])  # fmt: skip
-ZONE_A = sorted(n for n in SAMPLED_NODES if SAMPLED_ZONES[n] == "zone-a")
-SPLIT = ", ".join(ZONE_A) + " | " + ", ".join(sorted(set(SAMPLED_NODES) - set(ZONE_A)))
-SAMPLED_SCENARIOS = (
-    Scenario(
-        "sampled: node down",
-        "node-6",
-        (Fault("isolate", "node-6"),),
-        frozenset({("NodePingNodeUnreachable", "node-6")}),
-        frozenset({("node_unreachable", "node-6")}),
-    ),
-    Scenario(
-        "sampled: zone split",
-        "zone-a | zone-b, zone-c",
-        (Fault("partition", group_a=("zone-a",), group_b=("zone-b", "zone-c")),),
-        frozenset({("NodePingPartition", "")}),
-        frozenset({("partition", SPLIT)}),
-    ),
-    Scenario(
-        "sampled: link cut, probed one way",
-        " → ".join(ONE_WAY),
-        (Fault("link", ONE_WAY[0], peer=ONE_WAY[1]),),
-        frozenset({("NodePingLinkLoss", " → ".join(ONE_WAY))}),
-        frozenset({("link_loss", " → ".join(ONE_WAY))}),
-    ),
-)
+SAMPLED = sampled_config(shipped=False)
+SAMPLED_PAIRS = probed_pairs(SAMPLED)  # as the agents choose them (asserted below)
+# The rest of the set runs in `make accuracy-sampled` (docs/sizing.md).
+SAMPLED_CI = ("node down", "zone split", "link cut, probed one way")
+SAMPLED_SCENARIOS = [s for s in sampled_scenarios(SAMPLED) if s.name in SAMPLED_CI]
 
 
 @pytest.fixture(scope="module")
 def sampled_lab() -> Iterator[Lab]:
     with running_lab("sampled", SAMPLED) as lab:
-        established(lab, pairs=sum(len(p) for p in SAMPLED_PROBES.values()))
+        established(lab, pairs=len(SAMPLED_PAIRS))
         yield lab
 
 
@@ -264,17 +238,18 @@ def test_a_sampled_lab_probes_the_ring_and_every_zone(sampled_lab: Lab) -> None:
         (s["metric"]["source_node"], s["metric"]["destination_node"])
         for s in sampled_lab.prometheus.query("node_ping:pair_loss:ratio")
     }
-    assert judged == {(a, b) for a, peers in SAMPLED_PROBES.items() for b in peers}
-    for node in SAMPLED_NODES:
+    assert judged == SAMPLED_PAIRS
+    nodes = SAMPLED.node_names()
+    for node in nodes:
         sources = {a for a, b in judged if b == node}
-        assert len(sources) >= 3 and {SAMPLED_ZONES[s] for s in sources} == set(
-            SAMPLED_ZONES.values()
-        ), node
-    assert len(judged) < len(SAMPLED_NODES) * (len(SAMPLED_NODES) - 1) / 2
+        zones = {SAMPLED.zone(s) for s in sources}
+        assert len(sources) >= 3 and zones == set(SAMPLED.zone_names()), node
+    assert len(judged) < len(nodes) * (len(nodes) - 1) / 2
 
 
 @pytest.mark.parametrize("scenario", SAMPLED_SCENARIOS, ids=[s.name for s in SAMPLED_SCENARIOS])
 def test_a_sampled_lab_names_the_culprit(sampled_lab: Lab, scenario: Scenario) -> None:
     """Each node judged by its 3–5 sources only: a node down, a zone cut off (named
     from the zones' dead pairs, which the sample shows) and a link probed one way."""
+    assert len(SAMPLED_SCENARIOS) == len(SAMPLED_CI)
     assert_named(run_from_quiet(sampled_lab, scenario))

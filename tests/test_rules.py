@@ -83,7 +83,8 @@ class Cluster:
     agent_down: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def peers_of(self, source: str) -> list[str]:
-        return [d for d in self.nodes if d != source and d in self.probes.get(source, {d})]
+        sampled = source in self.probes
+        return [d for d in self.nodes if d != source and (not sampled or d in self.probes[source])]
 
     @property
     def steps(self) -> int:
@@ -938,6 +939,22 @@ def test_dead_nodes_in_two_zones_are_no_zone_cut_on_a_sample(tmp_path: Path) -> 
     cluster = Cluster(TWELVE, loss=loss, zones=TWELVE_ZONES, probes=probes)
     checks = [
         firing([("NodePingNodeUnreachable", {"node": n}) for n in sorted(down)], at(25)),
+        expect("node_ping:zone_pair:cut", at(25)),
+        expect(PARTITION, at(25)),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
+def test_every_node_of_a_zone_down_is_no_zone_cut_on_a_sample(tmp_path: Path) -> None:
+    """zone-b's four nodes each down (agents still scraped): every pair between
+    zone-b and the others is dead both ways, as in a cut, but zone-b does not reach
+    itself either — four unreachable nodes, no partition."""
+    probes = sampled(TWELVE, TWELVE_ZONES, 4)
+    down = sorted(n for n in TWELVE if TWELVE_ZONES[n] == "zone-b")
+    loss = {pair: 1.0 for node in down for pair in node_fault(node, TWELVE, 1.0)}
+    cluster = Cluster(TWELVE, loss=loss, zones=TWELVE_ZONES, probes=probes)
+    checks = [
+        firing([("NodePingNodeUnreachable", {"node": n}) for n in down], at(25)),
         expect("node_ping:zone_pair:cut", at(25)),
         expect(PARTITION, at(25)),
     ]
