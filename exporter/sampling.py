@@ -49,12 +49,14 @@ def choose_peers(
     ring = sorted([*others, self_name], key=lambda n: (ring_position(n), n))
     start = ring.index(self_name)
     chosen = {ring[(start + i) % len(ring)] for i in range(1, max_peers + 1)}
-    return chosen | _zone_top_ups(self_name, ring, max_peers, zones or {})
+    return chosen | _zone_top_ups(self_name, ring, chosen, max_peers, zones or {})
 
 
-def _zone_top_ups(self_name: str, ring: list[str], k: int, zones: Mapping[str, str]) -> set[str]:
-    """Peers beyond the ring's K so that this node probes every zone and every node
-    is probed from every zone (see the module's docstring)."""
+def _zone_top_ups(
+    self_name: str, ring: list[str], chosen: set[str], k: int, zones: Mapping[str, str]
+) -> set[str]:
+    """Peers beyond the ring's K (``chosen``) so that this node probes every zone and
+    every node is probed from every zone (see the module's docstring)."""
     zone_of = {n: zones.get(n, "") for n in ring}
     members: dict[str, list[tuple[float, str]]] = {}  # each zone's own ring
     for name in ring:
@@ -75,9 +77,8 @@ def _zone_top_ups(self_name: str, ring: list[str], k: int, zones: Mapping[str, s
                 return name
         return None
 
-    start = ring.index(self_name)
-    covered = Counter(zone_of[ring[(start + i) % len(ring)]] for i in range(1, k + 1))
-    extra = {pick(zone, self_name) for zone in members if not covered[zone]}
+    covered = {zone_of[name] for name in chosen}
+    extra = {pick(zone, self_name) for zone in members if zone not in covered}
     # Nodes whose K ring predecessors miss this node's zone, and for which this node
     # is the one of its zone picked: a window of K predecessors sliding along the ring.
     own = zone_of[self_name]
