@@ -493,6 +493,12 @@ def diagnose(
         words = Wording(loss, details, used, outage_window, latest, found)
         if found["link_size_loss"]:
             words.sizes = by_pair("node_ping:pair_large:bytes")
+        if found["partition"]:
+            words.cut_zones = {
+                labels[end]
+                for labels, _ in ask("node_ping:zone_pair:cut", "source_zone", "destination_zone")
+                for end in ("source_zone", "destination_zone")
+            }
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 
@@ -535,6 +541,7 @@ class Wording:
             for labels, value in found.get("link_loss_direction", [])
         }
         self.sizes: dict[Pair, float] = {}  # path-MTU probe sizes, when a link loses them
+        self.cut_zones: set[str] = set()  # zones cut from another, each one side
         self.icmp_only = {
             labels.get("node", "?")
             for labels, _ in found.get("protocol_loss", [])
@@ -678,7 +685,9 @@ class Wording:
         return f"{node}: slow, mean RTT {value:.1f} ms from {seen} sources"
 
     def partition(self, samples: list[tuple[dict[str, str], float]]) -> Verdict:
-        """The sides: partition nodes joined by every pair that is not dead right now."""
+        """The sides: partition nodes joined by every pair that is not dead right now,
+        and by their zone when it is cut from another (on a sample, nodes of one zone
+        need not probe each other)."""
         unreachable = self.thresholds.get("pair_unreachable_ratio", 0.95)
         zones = {labels.get("node", "?"): labels.get("zone", "") for labels, _ in samples}
         side = {node: node for node in zones}  # union-find parents
@@ -692,6 +701,10 @@ class Wording:
         for (source, destination), ratio in self.latest.items():
             if source in side and destination in side and ratio <= unreachable:
                 side[root(source)] = root(destination)
+        first_of_zone: dict[str, str] = {}
+        for node, zone in zones.items():
+            if zone in self.cut_zones:
+                side[root(node)] = root(first_of_zone.setdefault(zone, node))
         groups: defaultdict[str, list[str]] = defaultdict(list)
         for node in sorted(zones):
             groups[root(node)].append(node)

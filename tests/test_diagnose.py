@@ -455,6 +455,37 @@ def test_partition_sides_and_ambiguous_candidates(
     )
 
 
+def test_a_cut_zone_is_one_side_on_a_sample(
+    serve: Callable[[Respond], FakePrometheus], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a sample a cut zone's nodes need not probe each other (n3 probes only
+    zone-b, all dead): the zones the rules found cut join their nodes into one side."""
+    zone = {n: "zone-a" if n in SIX[:3] else "zone-b" for n in SIX}
+    probed = [("n1", "n2"), ("n3", "n4"), ("n2", "n5"), ("n4", "n5"), ("n6", "n4"), ("n5", "n1")]
+    latest = {(s, d): 1.0 if zone[s] != zone[d] else 0.0 for s, d in probed}
+    sides = vector(*({"metric": {"node": n, "zone": zone[n]}, "value": [1.7e9, "3"]} for n in SIX))
+    cuts = vector(
+        *(
+            {"metric": {"source_zone": a, "destination_zone": b}, "value": [1.7e9, "1"]}
+            for a, b in (("zone-a", "zone-b"), ("zone-b", "zone-a"))
+        )
+    )
+    server = serve(
+        recorded(
+            answer(dict(latest)),
+            node_ping__verdict__partition=sides,
+            node_ping__pair_loss__ratio_latest=answer(dict(latest)),
+            node_ping__zone_pair__cut=cuts,
+        )
+    )
+    code, out, _ = run_main(capsys, "--prometheus", server.url)
+    assert code == 1
+    assert out.splitlines()[-1] == (
+        "partition: n1, n2, n3 (zone-a) | n4, n5, n6 (zone-b) reach their own side and "
+        "nothing across"
+    )
+
+
 def test_without_the_rules_the_same_rules_are_evaluated_inline(
     serve: Callable[[Respond], FakePrometheus], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -981,6 +981,24 @@ def test_two_zones_cut_from_each_other_only(tmp_path: Path) -> None:
     run_promtool(tmp_path, [case(cluster, checks)])
 
 
+def test_a_partition_through_a_zone_in_a_full_mesh_is_counted_node_by_node(
+    tmp_path: Path,
+) -> None:
+    """Full mesh, a cut through zone-b (zone-a and half of zone-b | the rest): zone-a
+    and zone-c are cut from each other, but their zones' sides (8) are not the true
+    ones. Every node is probed by every other, so each side is counted exactly: 6 | 6."""
+    zone_b = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-b"]
+    side = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-a"] + zone_b[:2]
+    others = [n for n in TWELVE if n not in side]
+    cluster = Cluster(TWELVE, loss=cut(side, others), zones=TWELVE_ZONES)
+    sides = [(f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 6) for n in TWELVE]
+    checks = [
+        firing([("NodePingPartition", {})], at(25)),
+        expect(PARTITION, at(25), *sides),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
 def test_repeated_outages_seen_by_most_nodes_are_a_flicker(tmp_path: Path) -> None:
     """d vanished twice (outages ending 2 and 6 minutes after the fault started) for every
     source; the loss they cost is under the node threshold by then."""
