@@ -162,12 +162,14 @@ class _EchoStats:
         self.rtt_ms = rtt_ms
         self.sent = self.received = 0
         self.rtt_sum = self.rtt_squared = 0.0
+        self.replied_lately = False  # any reply since the last advance: the agent's window
 
     def counters(self) -> tuple[int, int, float, float]:
         return self.sent, self.received, self.rtt_sum, self.rtt_squared
 
     def window_summary(self) -> tuple[float, float, float] | None:
-        if not self.received:
+        """Like the agent's: no min/max/mdev once a window holds no reply (a dead pair)."""
+        if not self.replied_lately:
             return None
         return self.rtt_ms * 0.8, self.rtt_ms * 1.3, self.rtt_ms * 0.1
 
@@ -226,6 +228,7 @@ class SimulatedNode:
             stats = peer.stats
             stats.sent += new
             stats.received += echo
+            stats.replied_lately = echo > 0
             stats.rtt_sum += echo * stats.rtt_ms
             stats.rtt_squared += echo * stats.rtt_ms**2
             reached = draw(rng, new, network.passes(me, there, True))
