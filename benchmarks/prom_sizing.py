@@ -162,7 +162,7 @@ class _EchoStats:
         self.rtt_ms = rtt_ms
         self.sent = self.received = 0
         self.rtt_sum = self.rtt_squared = 0.0
-        self.replied_lately = False  # any reply since the last advance: the agent's window
+        self.replied_lately = False  # any reply since the last advance: ≈ the agent's window
 
     def counters(self) -> tuple[int, int, float, float]:
         return self.sent, self.received, self.rtt_sum, self.rtt_squared

@@ -494,11 +494,8 @@ def diagnose(
         if found["link_size_loss"]:
             words.sizes = by_pair("node_ping:pair_large:bytes")
         if found["partition"]:
-            words.cut_zones = {
-                labels[end]
-                for labels, _ in ask("node_ping:zone_pair:cut", "source_zone", "destination_zone")
-                for end in ("source_zone", "destination_zone")
-            }
+            for labels, _ in ask("node_ping:zone_pair:cut", "source_zone", "destination_zone"):
+                words.cut_from[labels["source_zone"]].add(labels["destination_zone"])
         result.verdicts = [v for kind in KINDS for v in words.verdicts(kind, found[kind])]
         return result
 
@@ -541,7 +538,7 @@ class Wording:
             for labels, value in found.get("link_loss_direction", [])
         }
         self.sizes: dict[Pair, float] = {}  # path-MTU probe sizes, when a link loses them
-        self.cut_zones: set[str] = set()  # zones cut from another, each one side
+        self.cut_from: defaultdict[str, set[str]] = defaultdict(set)  # zone -> zones cut off
         self.icmp_only = {
             labels.get("node", "?")
             for labels, _ in found.get("protocol_loss", [])
@@ -687,7 +684,8 @@ class Wording:
     def partition(self, samples: list[tuple[dict[str, str], float]]) -> Verdict:
         """The sides: partition nodes joined by every pair that is not dead right now,
         and by their zone when it is cut from another (on a sample, nodes of one zone
-        need not probe each other)."""
+        need not probe each other) — unless the node reaches a zone its zone is cut
+        from: a cut through a zone leaves some of its nodes on the other side."""
         unreachable = self.thresholds.get("pair_unreachable_ratio", 0.95)
         zones = {labels.get("node", "?"): labels.get("zone", "") for labels, _ in samples}
         side = {node: node for node in zones}  # union-find parents
@@ -698,12 +696,16 @@ class Wording:
                 node = side[node]
             return node
 
+        across: set[str] = set()  # nodes alive to a zone their zone is cut from
         for (source, destination), ratio in self.latest.items():
             if source in side and destination in side and ratio <= unreachable:
                 side[root(source)] = root(destination)
+                for node, other in ((source, destination), (destination, source)):
+                    if zones[other] in self.cut_from.get(zones[node], ()):
+                        across.add(node)
         first_of_zone: dict[str, str] = {}
         for node, zone in zones.items():
-            if zone in self.cut_zones:
+            if self.cut_from.get(zone) and node not in across:
                 side[root(node)] = root(first_of_zone.setdefault(zone, node))
         groups: defaultdict[str, list[str]] = defaultdict(list)
         for node in sorted(zones):

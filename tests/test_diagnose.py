@@ -455,6 +455,41 @@ def test_partition_sides_and_ambiguous_candidates(
     )
 
 
+def zones_cut_partition(
+    serve: Callable[[Respond], FakePrometheus],
+    capsys: pytest.CaptureFixture[str],
+    zone: dict[str, str],
+    latest: dict[Pair, float | str],
+    side_size: dict[str, int],
+) -> str:
+    """diagnose's partition line when the rules found the two zones of ``zone`` cut
+    from each other, with ``latest`` the pairs probed and each node's side size."""
+    sides = vector(
+        *(
+            {"metric": {"node": n, "zone": zone[n]}, "value": [1.7e9, str(side_size[n])]}
+            for n in zone
+        )
+    )
+    a, b = sorted(set(zone.values()))
+    cuts = vector(
+        *(
+            {"metric": {"source_zone": x, "destination_zone": y}, "value": [1.7e9, "1"]}
+            for x, y in ((a, b), (b, a))
+        )
+    )
+    server = serve(
+        recorded(
+            answer(latest),
+            node_ping__verdict__partition=sides,
+            node_ping__pair_loss__ratio_latest=answer(latest),
+            node_ping__zone_pair__cut=cuts,
+        )
+    )
+    code, out, _ = run_main(capsys, "--prometheus", server.url)
+    assert code == 1
+    return out.splitlines()[-1]
+
+
 def test_a_cut_zone_is_one_side_on_a_sample(
     serve: Callable[[Respond], FakePrometheus], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -462,27 +497,28 @@ def test_a_cut_zone_is_one_side_on_a_sample(
     zone-b, all dead): the zones the rules found cut join their nodes into one side."""
     zone = {n: "zone-a" if n in SIX[:3] else "zone-b" for n in SIX}
     probed = [("n1", "n2"), ("n3", "n4"), ("n2", "n5"), ("n4", "n5"), ("n6", "n4"), ("n5", "n1")]
-    latest = {(s, d): 1.0 if zone[s] != zone[d] else 0.0 for s, d in probed}
-    sides = vector(*({"metric": {"node": n, "zone": zone[n]}, "value": [1.7e9, "3"]} for n in SIX))
-    cuts = vector(
-        *(
-            {"metric": {"source_zone": a, "destination_zone": b}, "value": [1.7e9, "1"]}
-            for a, b in (("zone-a", "zone-b"), ("zone-b", "zone-a"))
-        )
-    )
-    server = serve(
-        recorded(
-            answer(dict(latest)),
-            node_ping__verdict__partition=sides,
-            node_ping__pair_loss__ratio_latest=answer(dict(latest)),
-            node_ping__zone_pair__cut=cuts,
-        )
-    )
-    code, out, _ = run_main(capsys, "--prometheus", server.url)
-    assert code == 1
-    assert out.splitlines()[-1] == (
+    latest: dict[Pair, float | str] = {
+        (s, d): 1.0 if zone[s] != zone[d] else 0.0 for s, d in probed
+    }
+    line = zones_cut_partition(serve, capsys, zone, latest, dict.fromkeys(SIX, 3))
+    assert line == (
         "partition: n1, n2, n3 (zone-a) | n4, n5, n6 (zone-b) reach their own side and "
         "nothing across"
+    )
+
+
+def test_a_node_across_the_cut_from_its_cut_zone_stays_on_its_side(
+    serve: Callable[[Respond], FakePrometheus], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zone cut from another (most of its pairs dead) can have a node on the other
+    side (n3 of zone-b, which reaches zone-c): it is not joined to its zone's side."""
+    zone = {n: "zone-b" if n in SIX[:3] else "zone-c" for n in SIX}
+    side = {"n1", "n2"}
+    latest = full_mesh(SIX, {(s, d): 1.0 for s in SIX for d in SIX if (s in side) != (d in side)})
+    sizes = {n: 2 if n in side else 4 for n in SIX}
+    assert zones_cut_partition(serve, capsys, zone, latest, sizes) == (
+        "partition: n1, n2 (zone-b) | n3, n4, n5, n6 (zone-b, zone-c) reach their own side "
+        "and nothing across"
     )
 
 

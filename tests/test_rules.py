@@ -999,6 +999,27 @@ def test_a_partition_through_a_zone_in_a_full_mesh_is_counted_node_by_node(
     run_promtool(tmp_path, [case(cluster, checks)])
 
 
+def test_a_partition_with_an_agent_not_scraped_keeps_its_sides_whole(
+    tmp_path: Path,
+) -> None:
+    """Full mesh, zone-a cut off, and the agent of a zone-b node reports nothing (its
+    node still answers): counted node by node, the nodes of zone-b and zone-c would
+    miss it (7); while a probed node reports nothing the zones' sides come first."""
+    side = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-a"]
+    others = [n for n in TWELVE if n not in side]
+    silent = others[0]
+    cluster = Cluster(TWELVE, loss=cut(side, others), zones=TWELVE_ZONES, probes={silent: set()})
+    sides = [
+        (f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 4 if n in side else 8)
+        for n in TWELVE
+    ]
+    checks = [
+        firing([("NodePingPartition", {})], at(25)),
+        expect(PARTITION, at(25), *sides),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
 def test_repeated_outages_seen_by_most_nodes_are_a_flicker(tmp_path: Path) -> None:
     """d vanished twice (outages ending 2 and 6 minutes after the fault started) for every
     source; the loss they cost is under the node threshold by then."""
