@@ -1002,7 +1002,7 @@ def test_a_partition_through_a_zone_in_a_full_mesh_is_counted_node_by_node(
 def test_a_partition_with_an_agent_not_scraped_keeps_its_sides_whole(
     tmp_path: Path,
 ) -> None:
-    """Full mesh, zone-a cut off, and the agent of a zone-b node reports nothing (its
+    """Full mesh, zone-a cut off, and the agent of a zone-b node reports no pairs (its
     node still answers): counted node by node, the nodes of zone-b and zone-c would
     miss it (7); while a probed node reports nothing the zones' sides come first."""
     side = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-a"]
