@@ -961,6 +961,17 @@ def test_every_node_of_a_zone_down_is_no_zone_cut_on_a_sample(tmp_path: Path) ->
     run_promtool(tmp_path, [case(cluster, checks)])
 
 
+def assert_partition_sides(tmp_path: Path, cluster: Cluster, sizes: dict[str, int]) -> None:
+    """One NodePingPartition, and each node of ``sizes`` named with its zone and the
+    size of its side (nodes not in ``sizes``: not named)."""
+    sides = [(f'{PARTITION}{{node="{n}",zone="{cluster.zones[n]}"}}', v) for n, v in sizes.items()]
+    checks = [
+        firing([("NodePingPartition", {})], at(25)),
+        expect(PARTITION, at(25), *sides),
+    ]
+    run_promtool(tmp_path, [case(cluster, checks)])
+
+
 def test_two_zones_cut_from_each_other_only(tmp_path: Path) -> None:
     """zone-a and zone-b cannot reach each other; zone-c reaches both (a routing
     change between two zones): the nodes of a and b are named, with the side each
@@ -970,15 +981,7 @@ def test_two_zones_cut_from_each_other_only(tmp_path: Path) -> None:
     cluster = Cluster(
         TWELVE, loss=cut(zone["zone-a"], zone["zone-b"]), zones=TWELVE_ZONES, probes=probes
     )
-    sides = [
-        (f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 8)
-        for n in [*zone["zone-a"], *zone["zone-b"]]
-    ]
-    checks = [
-        firing([("NodePingPartition", {})], at(25)),
-        expect(PARTITION, at(25), *sides),
-    ]
-    run_promtool(tmp_path, [case(cluster, checks)])
+    assert_partition_sides(tmp_path, cluster, dict.fromkeys([*zone["zone-a"], *zone["zone-b"]], 8))
 
 
 def test_a_partition_through_a_zone_in_a_full_mesh_is_counted_node_by_node(
@@ -991,12 +994,7 @@ def test_a_partition_through_a_zone_in_a_full_mesh_is_counted_node_by_node(
     side = [n for n in TWELVE if TWELVE_ZONES[n] == "zone-a"] + zone_b[:2]
     others = [n for n in TWELVE if n not in side]
     cluster = Cluster(TWELVE, loss=cut(side, others), zones=TWELVE_ZONES)
-    sides = [(f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 6) for n in TWELVE]
-    checks = [
-        firing([("NodePingPartition", {})], at(25)),
-        expect(PARTITION, at(25), *sides),
-    ]
-    run_promtool(tmp_path, [case(cluster, checks)])
+    assert_partition_sides(tmp_path, cluster, dict.fromkeys(TWELVE, 6))
 
 
 def test_a_partition_with_an_agent_not_scraped_keeps_its_sides_whole(
@@ -1009,15 +1007,7 @@ def test_a_partition_with_an_agent_not_scraped_keeps_its_sides_whole(
     others = [n for n in TWELVE if n not in side]
     silent = others[0]
     cluster = Cluster(TWELVE, loss=cut(side, others), zones=TWELVE_ZONES, probes={silent: set()})
-    sides = [
-        (f'{PARTITION}{{node="{n}",zone="{TWELVE_ZONES[n]}"}}', 4 if n in side else 8)
-        for n in TWELVE
-    ]
-    checks = [
-        firing([("NodePingPartition", {})], at(25)),
-        expect(PARTITION, at(25), *sides),
-    ]
-    run_promtool(tmp_path, [case(cluster, checks)])
+    assert_partition_sides(tmp_path, cluster, {n: 4 if n in side else 8 for n in TWELVE})
 
 
 def test_repeated_outages_seen_by_most_nodes_are_a_flicker(tmp_path: Path) -> None:
